@@ -1,0 +1,1 @@
+"""Evaluation (``projgan.evaluation``): FID/KID with clean-fid, reference statistics, benchmarks, plots."""

@@ -1,0 +1,3 @@
+from projgan.cli import main
+
+main()

@@ -1,0 +1,346 @@
+"""The `pipeline` command: the composition root.
+
+Each command resolves a config, lazily imports its stage, and calls one function. User mistakes
+(``UserError``) become one red line plus a hint and exit code 2; anything else is a bug and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from projgan.errors import UserError
+
+err = Console(stderr=True)
+
+app = typer.Typer(
+    name="pipeline",
+    help=(
+        "Projected GAN: train a FastGAN generator, export it to ONNX/TensorRT, serve it.\n\n"
+        "Examples:\n\n"
+        "  pipeline quickstart                          # whole pipeline on built-in data\n\n"
+        "  pipeline train --data ./dogs --out runs/dogs\n\n"
+        "  pipeline export runs/dogs --fp16\n\n"
+        "  pipeline serve exports/dogs --port 8000"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode="rich",
+)
+data_app = typer.Typer(help="Inspect a dataset.\n\nExample:\n\n  pipeline data check ./dogs", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def _ints(text: str, name: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UserError(f"{name} must be comma-separated integers (got {text!r})") from None
+    if not vals:
+        raise UserError(f"{name} is empty")
+    return vals
+
+
+def _floats(text: str, name: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"{name} must be comma-separated numbers (got {text!r})") from None
+
+
+def _metrics(text: str) -> tuple[str, ...]:
+    text = text.strip().lower()
+    return () if text in ("", "none") else tuple(m.strip() for m in text.split(",") if m.strip())
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  pipeline train --data ./dogs --out runs/dogs --resolution 256 --batch 64 --kimg 2000\n\n"
+        "  pipeline train --data faces.zip --ngf 64 --backbone-weights ~/lite0.pth --fid-every 25\n\n"
+        "  torchrun --nproc_per_node 4 -m projgan train --data ./dogs --out runs/dogs\n\n"
+        "Re-running the same command resumes from runs/NAME/training-state.pt; --kimg is the total budget."
+    )
+)
+def train(
+    data: str = typer.Option(..., help="Folder (searched recursively) or .zip of images."),
+    out: str = typer.Option("", help="Run directory [default: runs/<data name>]."),
+    resolution: int = typer.Option(256, help="Image size: 32, 64, 128, 256, 512 or 1024."),
+    batch: int = typer.Option(64, help="Total batch size (split across processes under torchrun)."),
+    kimg: float = typer.Option(2000.0, help="Total training budget in thousands of real images."),
+    ngf: int = typer.Option(128, help="Generator width (128 as in the paper, 64 for small GPUs)."),
+    backbone: str = typer.Option("tf_efficientnet_lite0", help="Any timm CNN with features_only support."),
+    backbone_weights: str = typer.Option("pretrained", help="pretrained | none | PATH to a local state dict."),
+    backbone_resolution: int = typer.Option(0, help="Backbone input size [default: 224 below 224 px]."),
+    projection: str = typer.Option("ccm+csm", help="Random projections: none | ccm | ccm+csm."),
+    num_discs: int = typer.Option(4, help="Discriminators, one per feature scale (1..4)."),
+    lr: float = typer.Option(2e-4, help="Adam learning rate for G and D."),
+    betas: str = typer.Option("0,0.99", help="Adam betas."),
+    augment: str = typer.Option("color,translation,cutout", help="DiffAugment policy ('' disables)."),
+    xflip: bool = typer.Option(True, help="Random horizontal flips of real images."),
+    ema_kimg: float = typer.Option(0.0, help="EMA half-life in kimg [default: batch*10/32]."),
+    precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16 autocast."),
+    channels_last: bool = typer.Option(True, help="Use channels_last memory format."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile G and D."),
+    tick_kimg: float = typer.Option(1.0, help="kimg between metrics rows."),
+    snapshot_ticks: int = typer.Option(10, help="Ticks between snapshots (always one at the end)."),
+    metrics: str = typer.Option("fid", help="fid | fid,kid | none."),
+    fid_every: float = typer.Option(50.0, help="kimg between FID records."),
+    fid_images: int = typer.Option(5000, help="Generated images per FID record."),
+    inception_weights: str = typer.Option("", help="Local clean-fid Inception weights file."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    seed: int = typer.Option(0, help="Random seed."),
+):
+    """Train a Projected FastGAN on a folder or zip of images."""
+    from projgan.config import GeneratorConfig, TrainConfig
+
+    b = _floats(betas, "--betas")
+    cfg = TrainConfig(
+        data=data,
+        out=out or str(Path("runs") / Path(data.rstrip("/")).stem),
+        generator=GeneratorConfig(resolution=resolution, ngf=ngf),
+        batch=batch,
+        kimg=kimg,
+        backbone=backbone,
+        backbone_weights=backbone_weights,
+        backbone_resolution=backbone_resolution,
+        projection=projection,
+        num_discs=num_discs,
+        lr=lr,
+        betas=b,
+        augment=augment,
+        xflip=xflip,
+        ema_kimg=ema_kimg,
+        precision=precision,
+        channels_last=channels_last,
+        compile=compile,
+        tick_kimg=tick_kimg,
+        snapshot_ticks=snapshot_ticks,
+        metrics=_metrics(metrics),
+        fid_every=fid_every,
+        fid_images=fid_images,
+        inception_weights=inception_weights,
+        device=device,
+        seed=seed,
+    )
+    from projgan.train.loop import train as run_training
+
+    run_training(cfg)
+
+
+@data_app.command("check")
+def data_check(
+    data: str = typer.Argument(..., help="Folder or .zip of images."),
+    resolution: int = typer.Option(256, help="Resolution the images would be trained at."),
+):
+    """Count readable, skipped and unreadable images without training."""
+    from projgan.train.dataset import check
+
+    check(data, resolution)
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  pipeline export runs/dogs --fp16\n\n"
+        "  pipeline export runs/dogs/generator-best --out exports/dogs-best --batch-sizes 1,16,64 --triton\n\n"
+        "Writes generator.onnx (+ generator.fp16.onnx, generator.fp16.plan where TensorRT exists) and export.json "
+        "with a parity certificate; exits 1 if a backend fails parity."
+    )
+)
+def export(
+    source: str = typer.Argument(..., help="Run directory or generator/ artifact."),
+    out: str = typer.Option("", help="Export directory [default: exports/<run name>]."),
+    fp16: bool = typer.Option(False, "--fp16", help="Also write an fp16 ONNX (and build the TensorRT engine from it)."),
+    batch_sizes: str = typer.Option("1,8,64", help="MIN,OPT,MAX batch of the dynamic profile."),
+    opset: int = typer.Option(18, help="ONNX opset."),
+    tensorrt: bool = typer.Option(True, "--tensorrt/--no-tensorrt", help="Build a TensorRT engine where installed."),
+    triton: bool = typer.Option(False, "--triton", help="Also write a Triton model repository."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing export directory."),
+    parity_seeds: int = typer.Option(64, help="Seeds in the parity certificate."),
+):
+    """Export a generator to ONNX (fp32/fp16) and TensorRT, and certify output parity."""
+    from projgan.config import ExportConfig
+
+    sizes = _ints(batch_sizes, "--batch-sizes")
+    if len(sizes) != 3:
+        raise UserError(f"--batch-sizes needs MIN,OPT,MAX (got {batch_sizes!r})", "for example --batch-sizes 1,8,64")
+    src = Path(source)
+    name = src.parent.name if src.name.startswith("generator") else src.name
+    cfg = ExportConfig(
+        source=source,
+        out=out or str(Path("exports") / name),
+        fp16=fp16,
+        batch_sizes=sizes,
+        opset=opset,
+        tensorrt=tensorrt,
+        triton=triton,
+        force=force,
+        parity_seeds=parity_seeds,
+    )
+    from projgan.export.pipeline import export as run_export
+
+    ok = run_export(cfg)
+    if not ok:
+        raise typer.Exit(1)
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  pipeline serve exports/dogs                       # fastest backend that passed parity\n\n"
+        "  pipeline serve runs/dogs --backend torch --port 8080\n\n"
+        "  curl -X POST localhost:8000/v1/generate -H 'content-type: application/json' "
+        "-d '{\"seeds\": [1, 2, 3], \"format\": \"zip\"}' -o images.zip"
+    )
+)
+def serve(
+    source: str = typer.Argument(..., help="Export directory, run directory or generator/ artifact."),
+    backend: str = typer.Option("auto", help="auto | torch | onnxruntime | tensorrt."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    precision: str = typer.Option("auto", help="Torch backend precision: auto | fp32 | bf16 | fp16."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 exposes the server)."),
+    port: int = typer.Option(8000, help="Port for the API and the UI."),
+    max_batch: int = typer.Option(32, help="Largest batch the dynamic batcher forms."),
+    max_delay_ms: float = typer.Option(5.0, help="Longest wait for more requests before running a batch."),
+    queue_size: int = typer.Option(256, help="Images that may wait; beyond that requests get 503."),
+    max_images: int = typer.Option(64, help="Images per request."),
+    api_key: str = typer.Option("", envvar="PROJGAN_API_KEY", help="Require this key (X-API-Key header)."),
+    force: bool = typer.Option(False, "--force", help="Serve an export that failed its parity check."),
+    ui: bool = typer.Option(True, "--ui/--no-ui", help="Mount the Gradio demo at /ui."),
+):
+    """Serve generation over HTTP (dynamically batched) with a Gradio demo."""
+    from projgan.config import ServeConfig
+
+    cfg = ServeConfig(
+        source=source,
+        backend=backend,
+        device=device,
+        precision=precision,
+        host=host,
+        port=port,
+        max_batch=max_batch,
+        max_delay_ms=max_delay_ms,
+        queue_size=queue_size,
+        max_images=max_images,
+        api_key=api_key,
+        force=force,
+        ui=ui,
+    )
+    from projgan.serve.app import run as run_server
+
+    run_server(cfg)
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  pipeline evaluate runs/dogs --data ./dogs --num-images 10000\n\n"
+        "  pipeline evaluate exports/dogs --backend onnxruntime --data ./dogs --metrics fid"
+    )
+)
+def evaluate(
+    source: str = typer.Argument(..., help="Anything serve can load."),
+    data: str = typer.Option(..., help="Folder or .zip of reference images."),
+    num_images: int = typer.Option(10000, help="Generated images."),
+    metrics: str = typer.Option("fid,kid", help="fid, kid or fid,kid."),
+    backend: str = typer.Option("auto", help="auto | torch | onnxruntime | tensorrt."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    batch: int = typer.Option(32, help="Generation batch size."),
+    inception_weights: str = typer.Option("", help="Local clean-fid Inception weights file."),
+    out: str = typer.Option("", help="JSONL file to append results to."),
+):
+    """FID/KID (clean-fid) of a generator, ONNX file or engine against a dataset."""
+    from projgan.config import EvalConfig
+
+    cfg = EvalConfig(
+        source=source,
+        data=data,
+        num_images=num_images,
+        metrics=_metrics(metrics),
+        backend=backend,
+        device=device,
+        batch=batch,
+        inception_weights=inception_weights,
+        out=out,
+    )
+    from projgan.evaluation.evaluate import evaluate as run_evaluate
+
+    run_evaluate(cfg)
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  pipeline bench exports/dogs --batch-sizes 1,8,32 --out benchmarks/dogs.json\n\n"
+        "  pipeline bench runs/dogs --train --out benchmarks/train.json"
+    )
+)
+def bench(
+    source: str = typer.Argument(..., help="Anything serve can load (or a run/generator for --train)."),
+    backends: str = typer.Option("", help="Comma-separated backends [default: all available]."),
+    batch_sizes: str = typer.Option("1,8,32", help="Batch sizes to measure."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    warmup: int = typer.Option(3, help="Warm-up iterations per point."),
+    repeats: int = typer.Option(20, help="Timed iterations per point."),
+    out: str = typer.Option("", help="JSON output (a PNG plot is written beside it)."),
+    train_mode: bool = typer.Option(False, "--train", help="Measure training seconds per kimg instead."),
+):
+    """Throughput, latency percentiles and FLOPs per backend and batch size."""
+    from projgan.config import BenchConfig
+
+    cfg = BenchConfig(
+        source=source,
+        backends=tuple(b for b in backends.split(",") if b),
+        batch_sizes=_ints(batch_sizes, "--batch-sizes"),
+        device=device,
+        warmup=warmup,
+        repeats=repeats,
+        out=out,
+        train=train_mode,
+    )
+    from projgan.evaluation.bench import bench as run_bench
+
+    run_bench(cfg)
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  pipeline quickstart                 # generate data, train, export, then serve on 127.0.0.1:8000\n\n"
+        "  pipeline quickstart --no-serve      # stop after the export (CI, scripts)"
+    )
+)
+def quickstart(
+    out: str = typer.Option("runs/quickstart", help="Run directory."),
+    minutes: float = typer.Option(2.5, help="Training time budget in minutes."),
+    serve_after: bool = typer.Option(True, "--serve/--no-serve", help="Serve the result when done."),
+    port: int = typer.Option(8000, help="Port for serving."),
+):
+    """Whole pipeline in minutes on built-in procedural data: train, export, serve."""
+    from projgan.quickstart import quickstart as run_quickstart
+
+    run_quickstart(out=out, minutes=minutes, serve=serve_after, port=port)
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        if e.hint:
+            err.print(f"[dim]hint:[/] {e.hint}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""Dataclass configs, one per stage, plus the generator's architecture config.
+
+Configs are plain data: the CLI fills them, stages read them, artifacts serialise them with
+``asdict``. Validation that needs no heavy imports lives here, so a bad option fails before
+anything is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from projgan.errors import UserError
+
+RESOLUTIONS = (32, 64, 128, 256, 512, 1024)
+PROJECTIONS = ("none", "ccm", "ccm+csm")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+METRICS = ("fid", "kid")
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Architecture of the FastGAN-lite generator: all that is needed to rebuild it."""
+
+    resolution: int = 256
+    z_dim: int = 256
+    ngf: int = 128  # 128 as in the Projected GAN code; 64 for small GPUs; 16-32 for CPU demos
+    channels: int = 3
+
+    def __post_init__(self):
+        if self.resolution not in RESOLUTIONS:
+            raise UserError(
+                f"unsupported resolution {self.resolution}",
+                f"choose one of {', '.join(map(str, RESOLUTIONS))}",
+            )
+        if self.ngf < 8 or self.z_dim < 1:
+            raise UserError(f"ngf must be >= 8 and z_dim >= 1 (got ngf={self.ngf}, z_dim={self.z_dim})")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GeneratorConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class TrainConfig:
+    """Everything `pipeline train` needs. Saved as ``train_config.json`` in the run directory."""
+
+    data: str = ""
+    out: str = ""
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    batch: int = 64
+    kimg: float = 2000.0  # total budget in thousands of real images shown to D
+    backbone: str = "tf_efficientnet_lite0"
+    backbone_weights: str = "pretrained"  # pretrained | none | PATH
+    backbone_resolution: int = 0  # 0: 224 when the training resolution is below 224, else the resolution
+    projection: str = "ccm+csm"
+    num_discs: int = 4
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.0, 0.99)
+    eps: float = 1e-8
+    augment: str = "color,translation,cutout"  # DiffAugment policy; "" disables
+    xflip: bool = True
+    ema_kimg: float = 0.0  # 0: batch * 10 / 32 as in the paper
+    ema_rampup: float = 0.05
+    precision: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    tick_kimg: float = 1.0  # one metrics row per tick
+    snapshot_ticks: int = 10  # generator + training state every N ticks (and always at the end)
+    metrics: tuple[str, ...] = ("fid",)
+    fid_every: float = 50.0  # kimg between FID records
+    fid_images: int = 5000
+    inception_weights: str = ""
+    device: str = "auto"
+    seed: int = 0
+    sample_seeds: int = 32  # fixed seeds drawn into samples/*.png
+
+    def __post_init__(self):
+        if self.batch < 1:
+            raise UserError(f"--batch must be >= 1 (got {self.batch})")
+        if self.kimg <= 0:
+            raise UserError(f"--kimg must be > 0 (got {self.kimg})")
+        if self.projection not in PROJECTIONS:
+            raise UserError(f"unknown --projection {self.projection!r}", f"choose one of {', '.join(PROJECTIONS)}")
+        if not 1 <= self.num_discs <= 4:
+            raise UserError(f"--num-discs must be 1..4 (got {self.num_discs})")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"unknown --precision {self.precision!r}", f"choose one of {', '.join(PRECISIONS)}")
+        bad = [m for m in self.metrics if m not in METRICS]
+        if bad:
+            raise UserError(f"unknown metric {bad[0]!r}", "use --metrics fid, fid,kid or none")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise UserError(f"--betas must be two numbers in [0, 1) (got {self.betas})")
+
+    @property
+    def ema_half_life_kimg(self) -> float:
+        return self.ema_kimg if self.ema_kimg > 0 else self.batch * 10 / 32
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        d = dict(d)
+        d["generator"] = GeneratorConfig.from_dict(d.get("generator", {}))
+        for key in ("betas", "metrics"):
+            if key in d:
+                d[key] = tuple(d[key])
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class ExportConfig:
+    """`pipeline export`: ONNX fp32/fp16, TensorRT plan, parity certificate, Triton repository."""
+
+    source: str = ""
+    out: str = ""
+    fp16: bool = False
+    batch_sizes: tuple[int, int, int] = (1, 8, 64)  # min, opt, max of the dynamic batch profile
+    opset: int = 18
+    tensorrt: bool = True
+    triton: bool = False
+    force: bool = False
+    parity_seeds: int = 64
+    fp32_max_abs: float = 1e-4
+    fp16_min_psnr: float = 40.0
+    fp16_min_ssim: float = 0.99
+    workspace_gib: float = 4.0
+
+    def __post_init__(self):
+        lo, opt, hi = self.batch_sizes
+        if not (1 <= lo <= opt <= hi):
+            raise UserError(
+                f"--batch-sizes must satisfy 1 <= min <= opt <= max (got {lo},{opt},{hi})",
+                "for example --batch-sizes 1,8,64",
+            )
+        if not 7 <= self.opset <= 23:
+            raise UserError(f"unsupported --opset {self.opset}", "use an opset between 17 and 23 (default 18)")
+        if self.parity_seeds < 1:
+            raise UserError("--parity-seeds must be >= 1")
+
+
+@dataclass
+class ServeConfig:
+    """`pipeline serve`: one process, one model, an HTTP API and a Gradio UI on one port."""
+
+    source: str = ""
+    backend: str = "auto"  # auto | torch | onnxruntime | tensorrt
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # torch backend only: auto | fp32 | bf16 | fp16
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch: int = 32
+    max_delay_ms: float = 5.0
+    queue_size: int = 256  # images waiting; a request that does not fit is rejected with 503
+    max_images: int = 64  # per request
+    max_interpolation_steps: int = 64
+    max_body_bytes: int = 64 * 1024
+    api_key: str = ""
+    force: bool = False  # serve an export whose parity check failed
+    ui: bool = True
+
+    def __post_init__(self):
+        if self.backend not in ("auto", "torch", "onnxruntime", "tensorrt"):
+            raise UserError(f"unknown --backend {self.backend!r}", "choose auto, torch, onnxruntime or tensorrt")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise UserError(f"unknown --device {self.device!r}", "choose auto, cpu or cuda")
+        if self.max_batch < 1 or self.queue_size < 1 or self.max_images < 1:
+            raise UserError("--max-batch, --queue-size and --max-images must be >= 1")
+        if self.max_delay_ms < 0:
+            raise UserError("--max-delay-ms must be >= 0")
+
+
+@dataclass
+class EvalConfig:
+    """`pipeline evaluate`: FID/KID of any servable source against a dataset."""
+
+    source: str = ""
+    data: str = ""
+    num_images: int = 10000
+    metrics: tuple[str, ...] = ("fid", "kid")
+    backend: str = "auto"
+    device: str = "auto"
+    batch: int = 32
+    inception_weights: str = ""
+    out: str = ""  # JSONL file the rows are appended to; default: evaluation.jsonl beside the source
+
+    def __post_init__(self):
+        bad = [m for m in self.metrics if m not in METRICS]
+        if bad or not self.metrics:
+            raise UserError(f"unknown metric {bad[0]!r}" if bad else "no metric requested", "use --metrics fid,kid")
+        if self.num_images < 2:
+            raise UserError("--num-images must be >= 2")
+
+
+@dataclass
+class BenchConfig:
+    """`pipeline bench`: throughput/latency per backend and batch size, or training s/kimg."""
+
+    source: str = ""
+    backends: tuple[str, ...] = ()  # empty: every backend available here
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    device: str = "auto"
+    warmup: int = 3
+    repeats: int = 20
+    out: str = ""
+    train: bool = False  # measure training seconds per kimg instead of inference

@@ -1,0 +1,1 @@
+"""Training stage (``projgan.train``): dataset, feature network, discriminators, DiffAugment, loop."""
