@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -134,7 +133,10 @@ def train(
     run_training(cfg)
 
 
-@data_app.command("check")
+@data_app.command(
+    "check",
+    epilog="Examples:\n\n  pipeline data check ./dogs\n\n  pipeline data check faces.zip --resolution 128",
+)
 def data_check(
     data: str = typer.Argument(..., help="Folder or .zip of images."),
     resolution: int = typer.Option(256, help="Resolution the images would be trained at."),

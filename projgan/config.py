@@ -76,6 +76,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     sample_seeds: int = 32  # fixed seeds drawn into samples/*.png
+    max_minutes: float = 0.0  # stop (with a snapshot) after this much wall time in this process; 0: no limit
 
     def __post_init__(self):
         if self.batch < 1:

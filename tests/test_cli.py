@@ -1,0 +1,48 @@
+"""The `pipeline` entry point: help with examples everywhere, one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+COMMANDS = ["train", "export", "serve", "evaluate", "bench", "quickstart", "data check"]
+
+
+def pipeline(*args: str, timeout: float = 120):
+    return subprocess.run(
+        [sys.executable, "-m", "projgan", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_top_level_help_lists_every_command():
+    r = pipeline("--help")
+    assert r.returncode == 0
+    for cmd in ["train", "export", "serve", "evaluate", "bench", "quickstart", "data"]:
+        assert cmd in r.stdout
+    assert "Examples" in r.stdout
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_every_command_has_help_with_examples(cmd):
+    r = pipeline(*cmd.split(), "--help")
+    assert r.returncode == 0, r.stderr
+    assert "Example" in r.stdout and "pipeline" in r.stdout
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["export", "/nonexistent/run"], "does not exist"),
+        (["export", ".", "--batch-sizes", "8,1,4"], "--batch-sizes"),
+        (["serve", "/nonexistent/run"], "does not exist"),
+        (["train", "--data", "x", "--resolution", "100"], "resolution"),
+        (["train", "--data", "x", "--projection", "weird"], "projection"),
+    ],
+)
+def test_user_mistakes_are_one_line_and_exit_2(args, needle):
+    r = pipeline(*args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert needle in r.stderr
+    assert "Traceback" not in r.stderr
