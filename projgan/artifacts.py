@@ -46,6 +46,11 @@ TRT_PLAN = "generator.fp16.plan"
 
 # ---------------------------------------------------------------- atomic writes
 
+# mkstemp/mkdtemp create 0600/0700 entries; published files get the usual umask-based modes instead
+# (a server or container running as another user must be able to read a run).
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def _fsync_dir(path: Path) -> None:
     try:
@@ -65,6 +70,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -105,6 +111,7 @@ def atomic_replace_dir(build, dest: str | Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
     try:
+        os.chmod(tmp, 0o777 & ~_UMASK)
         build(tmp)
         old = dest.with_name(dest.name + ".old")
         if old.exists():

@@ -335,9 +335,9 @@ def main() -> None:
     try:
         app()
     except UserError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         if e.hint:
-            err.print(f"[dim]hint:[/] {e.hint}", highlight=False)
+            err.print(f"[dim]hint:[/] {e.hint}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")

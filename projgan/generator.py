@@ -11,8 +11,6 @@ Sizes follow the Projected GAN "lite" FastGAN: channels per resolution are ``ngf
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 from torch import nn
@@ -113,9 +111,27 @@ def remove_spectral_norm(module: nn.Module) -> nn.Module:
 
 
 def plain_state_dict(G: Generator) -> dict[str, torch.Tensor]:
-    """Weights with spectral norm folded in: what the generator artifact stores."""
-    g = remove_spectral_norm(copy.deepcopy(G).eval())
-    return {k: v.detach().cpu().contiguous() for k, v in g.state_dict().items()}
+    """Weights with spectral norm folded in: what the generator artifact stores.
+
+    Reads each parametrized weight in eval mode (no power iteration) instead of removing the
+    parametrization from a deep copy: a copy shares the generated ``Parametrized*`` classes, and
+    removing it there deletes the ``weight`` property from the original module's class too.
+    """
+    suffix = ".parametrizations.weight.original"
+    was_training = G.training
+    G.eval()
+    try:
+        out = {}
+        with torch.no_grad():
+            for k, v in G.state_dict().items():
+                if k.endswith(suffix):
+                    prefix = k[: -len(suffix)]
+                    out[prefix + ".weight"] = G.get_submodule(prefix).weight
+                elif ".parametrizations.weight." not in k:  # spectral norm's u/v vectors are dropped
+                    out[k] = v
+    finally:
+        G.train(was_training)
+    return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
 
 def sample_latents(seeds, z_dim: int) -> np.ndarray:

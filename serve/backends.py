@@ -8,6 +8,7 @@ compares. Serving and parity run this same code, so a certificate speaks for wha
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,9 @@ from projgan.errors import UserError
 from projgan.generator import sample_latents, to_uint8
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
+SELF_CHECK_SEEDS = 4  # seeds a reduced-precision torch backend must pass at load
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+log = logging.getLogger("projgan.serve")
 
 
 @dataclass
@@ -85,20 +89,59 @@ def resolve_device(device: str) -> str:
 
 
 class TorchBackend(Backend):
-    """Eager PyTorch in eval + inference mode; channels_last; reduced precision where it is fast."""
+    """Eager PyTorch in eval + inference mode; channels_last; reduced precision where it is fast.
 
-    def __init__(self, G: torch.nn.Module, config: dict[str, Any], device: str, precision: str):
+    With ``precision="auto"`` a reduced precision (bf16 on a CPU with AMX/AVX512-BF16, fp16 on a GPU)
+    must first pass a self-check on a few seeds against fp32 with the export certificate's metrics
+    and thresholds (``projgan.serve.parity``); if it fails, or the export's certificate says it
+    failed (``parity``), the backend falls back to fp32 and says why in ``info["precision_check"]``.
+    """
+
+    self_check_thresholds = None  # None: projgan.serve.parity's defaults (the certificate's)
+
+    def __init__(
+        self,
+        G: torch.nn.Module,
+        config: dict[str, Any],
+        device: str,
+        precision: str,
+        parity: dict[str, Any] | None = None,
+    ):
         cfg = G.cfg
-        if precision == "auto":
+        auto = precision == "auto"
+        if auto:
             if device == "cuda":
                 precision = "fp16"
             else:
                 precision = "bf16" if cpu_has_fast_bf16() else "fp32"
+        if precision not in _DTYPES:
+            raise UserError(f"unknown precision {precision!r}", "choose auto, fp32, bf16 or fp16")
         super().__init__("torch", device, precision, cfg.resolution, cfg.z_dim)
         self.G = G.to(device).eval().requires_grad_(False).to(memory_format=torch.channels_last)
-        self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        self.dtype = _DTYPES[precision]
         self.info = {"meta": config.get("meta", {})}
         self._lock = threading.Lock()  # BatchNorm modules are not re-entrant across threads
+        if auto and self.dtype is not None:
+            self._check_reduced_precision(parity)
+
+    def _check_reduced_precision(self, parity: dict[str, Any] | None) -> None:
+        from projgan.serve import parity as metrics
+
+        if parity is not None and not parity.get("passed", False):
+            ok, why = False, f"the export's certificate failed it: {parity.get('reason', '')}"
+        else:
+            z = sample_latents(range(SELF_CHECK_SEEDS), self.z_dim)
+            out = self.generate_float(z)
+            dtype, self.dtype = self.dtype, None
+            ref = self.generate_float(z)
+            self.dtype = dtype
+            m = metrics.compare(ref, out)
+            ok, why = metrics.judge(m, reduced=True, t=self.self_check_thresholds)
+            why += f" on {SELF_CHECK_SEEDS} seeds (reference std {m['ref_std']})"
+        self.info["precision_check"] = {"precision": self.precision, "passed": ok, "reason": why}
+        if not ok:
+            log.warning("torch %s failed its parity self-check (%s); serving fp32", self.precision, why)
+            self.precision, self.dtype = "fp32", None
 
     def _run(self, z: np.ndarray) -> torch.Tensor:
         with self._lock, torch.inference_mode():
@@ -120,9 +163,13 @@ class OnnxRuntimeBackend(Backend):
         available = ort.get_available_providers()
         # Only ask for CUDA where torch sees a GPU: asking on a CPU-only machine prints long errors.
         if device == "cuda" and "CUDAExecutionProvider" in available:
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            # fp32 means fp32: TF32 convolutions would miss the certificate's 1e-4 tolerance.
+            cuda_opts = {"use_tf32": "0"} if precision == "fp32" else {}
+            providers = [("CUDAExecutionProvider", cuda_opts), "CPUExecutionProvider"]
         elif device == "cuda":
-            raise UserError("ONNX Runtime has no CUDA provider here", "pip install onnxruntime-gpu, or use --device cpu")
+            raise UserError(
+                "ONNX Runtime has no CUDA provider here", "pip install onnxruntime-gpu, or use --device cpu"
+            )
         else:
             providers = ["CPUExecutionProvider"]
         opts = ort.SessionOptions()
@@ -270,8 +317,14 @@ def load_backend(
             if not gen_dir.exists():
                 reasons.append("torch: the export holds no generator/ artifact")
                 continue
+            if _parity_ok(manifest, "torch-fp32") is False and not force:
+                reasons.append("torch: the generator failed its own reference check (use --force)")
+                continue
             G, config = artifacts.load_generator(gen_dir)
-            return TorchBackend(G, config, device, precision)
+            certified = manifest.get("parity", {}).get("torch-bf16") if device == "cpu" else None
+            b = TorchBackend(G, config, device, precision, parity=None if force else certified)
+            b.info["parity"] = manifest.get("parity", {}).get(f"torch-{b.precision}")
+            return b
         else:
             raise UserError(f"unknown backend {name!r}", f"choose one of auto, {', '.join(BACKENDS)}")
     raise UserError(f"no usable backend for {src}: " + "; ".join(reasons), "re-run pipeline export, or pass --force")

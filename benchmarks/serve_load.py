@@ -1,0 +1,299 @@
+"""Serving benchmark: what the HTTP server delivers against what the backend alone can do.
+
+In one run on one machine:
+  1. raw backend throughput at the max batch, and raw batch-1 latency (this process, no HTTP);
+  2. served throughput under N concurrent closed-loop HTTP clients (a real `pipeline serve` process);
+  3. single-image latency with no load (sequential requests), p50/p99, against raw batch-1.
+Targets (issue 4): served >= 85 % of raw; single-image p50 within 5 ms of raw batch-1.
+
+    .venv/bin/python benchmarks/serve_load.py --out benchmarks/serve_load_cpu_64px.json
+
+Without --source a random-weight generator is built (speed does not depend on the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from projgan import artifacts
+from projgan.config import GeneratorConfig
+from projgan.generator import Generator, sample_latents
+from projgan.serve.backends import load_backend
+
+
+def percentile(xs, q):
+    return float(np.percentile(np.asarray(xs), q))
+
+
+def raw_throughput(backend, batch: int, seconds: float) -> dict:
+    z = sample_latents(range(batch), backend.z_dim)
+    backend.generate(z)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or n < 3:
+        backend.generate(z)
+        n += 1
+    dt = time.perf_counter() - t0
+    return {"batch": batch, "calls": n, "images_per_s": n * batch / dt}
+
+
+def raw_latency(backend, calls: int) -> dict:
+    lat = []
+    for i in range(calls):
+        z = sample_latents([10_000 + i], backend.z_dim)
+        t0 = time.perf_counter()
+        backend.generate(z)
+        lat.append((time.perf_counter() - t0) * 1e3)
+    return {
+        "calls": calls,
+        "p50_ms": percentile(lat, 50),
+        "p99_ms": percentile(lat, 99),
+        "mean_ms": statistics.mean(lat),
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(args, source: Path, port: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "projgan", "serve", str(source), "--backend", args.backend, "--device", args.device]
+    cmd += ["--port", str(port), "--max-batch", str(args.max_batch), "--max-delay-ms", str(args.max_delay_ms)]
+    cmd += ["--queue-size", str(max(256, 2 * args.clients * args.images_per_request)), "--no-ui"]
+    log = open(Path(tempfile.gettempdir()) / f"serve_load_{port}.log", "w")  # noqa: SIM115 (lives with the process)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    proc.log_path = log.name
+    return proc
+
+
+async def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as c:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"the server exited ({proc.returncode}): see {proc.log_path}\n" + open(proc.log_path).read()
+                )
+            try:
+                if (await c.get(url + "/readyz", timeout=2)).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.2)
+    raise TimeoutError("server never became ready")
+
+
+async def served_throughput(url: str, clients: int, per_request: int, warmup: float, seconds: float, fmt: str):
+    import httpx
+
+    done = {"images": 0, "requests": 0, "errors": 0}
+    lat: list[float] = []
+    measuring = asyncio.Event()
+    stop_at = [float("inf")]
+
+    async def client(k: int, c):
+        seed = k * 1_000_000
+        while time.perf_counter() < stop_at[0]:
+            body = {"n": per_request, "seed": seed, "format": fmt}
+            seed += per_request
+            t0 = time.perf_counter()
+            r = await c.post("/v1/generate", json=body)
+            if not measuring.is_set():
+                continue
+            if r.status_code == 200:
+                done["images"] += per_request
+                done["requests"] += 1
+                lat.append((time.perf_counter() - t0) * 1e3)
+            else:
+                done["errors"] += 1
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as c:
+        tasks = [asyncio.create_task(client(k, c)) for k in range(clients)]
+        await asyncio.sleep(warmup)
+        m0 = parse_metrics((await c.get("/metrics")).text)
+        measuring.set()
+        t0 = time.perf_counter()
+        stop_at[0] = t0 + seconds
+        await asyncio.gather(*tasks)
+        dt = time.perf_counter() - t0  # includes the requests in flight at the end
+        m1 = parse_metrics((await c.get("/metrics")).text)
+    return {
+        "clients": clients,
+        "images_per_request": per_request,
+        "format": fmt,
+        "seconds": dt,
+        **done,
+        "images_per_s": done["images"] / dt,
+        "request_p50_ms": percentile(lat, 50) if lat else None,
+        "request_p99_ms": percentile(lat, 99) if lat else None,
+        **batch_stats(m0, m1, dt),
+    }
+
+
+async def single_latency(url: str, calls: int, route: str) -> dict:
+    import httpx
+
+    lat = []
+    async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+        for i in range(calls + 5):
+            seed = 50_000 + i
+            t0 = time.perf_counter()
+            if route == "png":
+                r = await c.get(f"/v1/images/{seed}.png")
+            else:
+                r = await c.post("/v1/generate", json={"seeds": [seed], "format": "npy"})
+            ms = (time.perf_counter() - t0) * 1e3
+            assert r.status_code == 200, r.text
+            if i >= 5:  # the first few settle the batcher's arrival estimate after the load test
+                lat.append(ms)
+    label = "GET /v1/images/{seed}.png" if route == "png" else "POST /v1/generate npy, 1 seed"
+    return {"route": label, "calls": calls, "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99)}
+
+
+def parse_metrics(text: str) -> dict:
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(
+            (
+                "projgan_batch_size_sum",
+                "projgan_batch_size_count",
+                "projgan_queue_rejections_total",
+                "projgan_batch_duration_seconds_sum",
+            )
+        ):
+            name, value = line.split()
+            out[name] = float(value)
+    return out
+
+
+def batch_stats(m0: dict, m1: dict, seconds: float) -> dict:
+    def d(k):
+        return m1.get(k, 0.0) - m0.get(k, 0.0)
+
+    batches = max(d("projgan_batch_size_count"), 1)
+    return {
+        "batches": batches,
+        "mean_batch": d("projgan_batch_size_sum") / batches,
+        "backend_busy_fraction": d("projgan_batch_duration_seconds_sum") / seconds,
+        "backend_ms_per_batch": 1e3 * d("projgan_batch_duration_seconds_sum") / batches,
+        "rejected": d("projgan_queue_rejections_total"),
+    }
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        model = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--source", help="generator/export dir; default: a random generator of --resolution/--ngf")
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--ngf", type=int, default=64)
+    p.add_argument("--backend", default="torch")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--max-delay-ms", type=float, default=5.0)
+    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--images-per-request", type=int, default=1)
+    p.add_argument("--format", default="npy", choices=["npy", "png", "zip"])
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--latency-calls", type=int, default=200)
+    p.add_argument("--out", default="benchmarks/serve_load.json")
+    args = p.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="serve_load_"))
+    source = Path(args.source) if args.source else None
+    if source is None:
+        torch.manual_seed(0)
+        G = Generator(GeneratorConfig(resolution=args.resolution, ngf=args.ngf))
+        source = artifacts.save_generator(tmp / "generator", G)
+    backend = load_backend(source, args.backend, args.device)
+    desc = backend.describe()
+    print(f"backend {desc['backend']} {desc['precision']} on {desc['device']}, {desc['resolution']} px", flush=True)
+    result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine(), "model": desc}
+
+    backend.warmup([1, args.max_batch])
+    raw_before = raw_throughput(backend, args.max_batch, args.seconds / 2)
+    raw_b1 = raw_latency(backend, args.latency_calls)
+    print(
+        f"raw: {raw_before['images_per_s']:.1f} img/s at batch {args.max_batch}; batch-1 p50 {raw_b1['p50_ms']:.2f} ms"
+    )
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_server(args, source, port)
+    try:
+        asyncio.run(wait_ready(url, proc))
+        served = asyncio.run(
+            served_throughput(url, args.clients, args.images_per_request, 3.0, args.seconds, args.format)
+        )
+        print(
+            f"served: {served['images_per_s']:.1f} img/s, mean batch {served['mean_batch']:.1f}, "
+            f"backend {served['backend_ms_per_batch']:.1f} ms/batch, busy {served['backend_busy_fraction']:.0%}",
+            flush=True,
+        )
+        single = [asyncio.run(single_latency(url, args.latency_calls, route)) for route in ("npy", "png")]
+        for s in single:
+            print(f"single image, no load, {s['route']}: p50 {s['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    raw_after = raw_throughput(backend, args.max_batch, args.seconds / 2)
+    raw = (raw_before["images_per_s"] + raw_after["images_per_s"]) / 2
+    ratio = served["images_per_s"] / raw
+    gap = single[0]["p50_ms"] - raw_b1["p50_ms"]
+    result.update(
+        raw={"before": raw_before, "after": raw_after, "images_per_s": raw, "batch1_latency": raw_b1},
+        served=served,
+        single_image_no_load=single,
+        targets={
+            "served_over_raw": ratio,
+            "served_over_raw_ok": ratio >= 0.85,
+            "single_p50_minus_raw_batch1_ms": gap,
+            "single_p50_ok": gap <= 5.0,
+            "png_route_p50_minus_raw_batch1_ms": single[1]["p50_ms"] - raw_b1["p50_ms"],
+        },
+        notes="Closed-loop clients in this process (httpx), server in a child process (`pipeline serve`, access "
+        "log on); both share the machine's cores. Throughput measured with the npy format unless --format says "
+        "otherwise. The machine is shared with other engineers' processes: see loadavg.",
+    )
+    result["machine"]["loadavg_end"] = os.getloadavg()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    artifacts.atomic_write_json(args.out, result)
+    print(f"served/raw = {ratio:.1%} (target >= 85%); single p50 - raw batch-1 p50 = {gap:+.2f} ms (target <= 5)")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,354 @@
+"""`pipeline bench`: images/s and latency percentiles per backend and batch size, FLOPs per image,
+and the fraction of the machine's measured matmul peak each backend reaches.
+
+Every backend runs through ``load_backend`` (the code serving runs) and is timed on
+``Backend.generate`` (latents in, uint8 NHWC out, what a client receives). The peak comes from a
+matmul microbenchmark in the same process, so "fraction of peak" compares numbers taken under the
+same load. Imports with torch alone: ONNX Runtime and matplotlib load only where used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import platform
+import shlex
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from projgan import artifacts
+from projgan.config import BenchConfig, GeneratorConfig
+from projgan.errors import UserError
+from projgan.generator import sample_latents
+
+BENCH_JSON = "bench.json"
+
+
+# ---------------------------------------------------------------- where and with what
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
+    for dist in ("projgan", "clean-fid", "onnxruntime-gpu", "onnxruntime", "tensorrt"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(), "gpu": None,
+            "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+    from projgan.serve.backends import cpu_has_fast_bf16
+
+    info["cpu_fast_bf16"] = cpu_has_fast_bf16()
+    return info
+
+
+def matmul_peak(device: str, n: int = 0, repeats: int = 10) -> dict[str, float]:
+    """Best GFLOP/s of an n x n matmul per dtype: fp32 and bf16, plus fp16 on CUDA (TF32 off)."""
+    n = n or (8192 if device == "cuda" else 2048)
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    if device == "cuda":
+        dtypes["fp16"] = torch.float16
+    out = {}
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    for name, dt in dtypes.items():
+        a = torch.randn(n, n, device=device).to(dt)
+        b = torch.randn(n, n, device=device).to(dt)
+        for _ in range(2):
+            a @ b
+        sync()
+        best = float("inf")
+        for _ in range(repeats):
+            t = time.perf_counter()
+            a @ b
+            sync()
+            best = min(best, time.perf_counter() - t)
+        out[name] = round(2 * n**3 / best / 1e9, 1)
+        del a, b
+    return out
+
+
+def ort_matmul_peak(device: str, n: int = 0, repeats: int = 10) -> dict[str, float]:
+    """Best fp32 GFLOP/s of an n x n MatMul in ONNX Runtime. Its own GEMM (MLAS) can beat torch's
+    BLAS on some CPUs (MKL on AMD), so the machine's peak is the larger of the two."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    n = n or (8192 if device == "cuda" else 2048)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul",
+        [helper.make_tensor_value_info(k, TensorProto.FLOAT, [n, n]) for k in ("a", "b")],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = min(model.ir_version, 10)
+    providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    sess = ort.InferenceSession(model.SerializeToString(), providers=providers)
+    feeds = {k: np.random.default_rng(0).standard_normal((n, n), dtype=np.float32) for k in ("a", "b")}
+    for _ in range(2):
+        sess.run(None, feeds)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        sess.run(None, feeds)
+        best = min(best, time.perf_counter() - t)
+    return {"fp32": round(2 * n**3 / best / 1e9, 1)}
+
+
+def generator_info(source: str | Path) -> dict[str, Any] | None:
+    """Architecture and FLOPs per image (``FlopCounterMode`` on the meta device: no compute), or None."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from projgan.generator import Generator
+
+    src = Path(source)
+    try:
+        d = src / artifacts.GENERATOR_DIR if (src / artifacts.MANIFEST).exists() else src
+        config = artifacts.read_generator_config(artifacts.resolve_generator_dir(d))
+    except UserError:
+        return None
+    cfg = GeneratorConfig.from_dict(config["generator"])
+    with torch.device("meta"):
+        G = Generator(cfg).eval()
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            G(torch.zeros(2, cfg.z_dim))
+    return {**dataclasses.asdict(cfg), "params": sum(p.numel() for p in G.parameters()),
+            "flops_per_image": fc.get_total_flops() / 2, "kimg": config.get("meta", {}).get("kimg")}
+
+
+# ---------------------------------------------------------------- what to measure
+
+
+@dataclass
+class Variant:
+    label: str  # e.g. torch-bf16, onnxruntime-fp32
+    backend: str
+    precision: str
+    target: Path  # what load_backend opens
+
+
+def plan(source: str | Path, device: str, onnx: str | Path | None = None) -> list[Variant]:
+    """Every backend/precision this source offers on this machine."""
+    from projgan.serve.backends import cpu_has_fast_bf16
+
+    src = Path(source)
+    if not src.exists():
+        raise UserError(f"{src} does not exist", "pass an export directory, a run directory or a generator/ folder")
+    out: list[Variant] = []
+    if src.is_file() and src.suffix == ".onnx":
+        out.append(Variant(f"onnxruntime-{'fp16' if '.fp16' in src.name else 'fp32'}", "onnxruntime",
+                           "fp16" if ".fp16" in src.name else "fp32", src))
+    elif src.is_file() and src.suffix in (".plan", ".engine"):
+        out.append(Variant("tensorrt-fp16", "tensorrt", "fp16", src))
+    else:
+        manifest = artifacts.read_manifest(src, verify=False) if (src / artifacts.MANIFEST).exists() else None
+        has_torch = (src / artifacts.GENERATOR_DIR).exists() if manifest else True
+        if has_torch:
+            precs = ["fp32", "fp16"] if device == "cuda" else ["fp32"] + (["bf16"] if cpu_has_fast_bf16() else [])
+            out += [Variant(f"torch-{p}", "torch", p, src) for p in precs]
+        files = manifest.get("files", {}) if manifest else {}
+        if artifacts.ONNX_FP32 in files:
+            out.append(Variant("onnxruntime-fp32", "onnxruntime", "fp32", src / artifacts.ONNX_FP32))
+        if artifacts.ONNX_FP16 in files and device == "cuda":  # measured no faster than fp32 on CPUs
+            out.append(Variant("onnxruntime-fp16", "onnxruntime", "fp16", src / artifacts.ONNX_FP16))
+        if artifacts.TRT_PLAN in files and device == "cuda" and importlib.util.find_spec("tensorrt"):
+            out.append(Variant("tensorrt-fp16", "tensorrt", "fp16", src / artifacts.TRT_PLAN))
+    if onnx:
+        out.append(Variant("onnxruntime-fp32", "onnxruntime", "fp32", Path(onnx)))
+    return list({v.label: v for v in out}.values())
+
+
+def _select(variants: list[Variant], wanted: tuple[str, ...]) -> list[Variant]:
+    if not wanted:
+        return variants
+    picked = [v for v in variants if v.label in wanted or v.backend in wanted]
+    unknown = [w for w in wanted if not any(w in (v.label, v.backend) for v in variants)]
+    if unknown:
+        have = ", ".join(v.label for v in variants) or "none"
+        raise UserError(f"--backends {','.join(unknown)} not available for this source here (available: {have})")
+    return picked
+
+
+def measure_interleaved(backends: list, batch: int, warmup: int, repeats: int, advance=None) -> list[list[float]]:
+    """Seconds per ``generate`` call of ``batch`` images for each backend, after ``warmup`` untimed
+    calls. Backends take turns call by call, so load from other processes, which drifts over
+    seconds on a shared machine, falls on all of them alike instead of on whichever ran last."""
+    zs = [sample_latents(range(min(batch, be.max_batch)), be.z_dim) for be in backends]
+    out: list[list[float]] = [[] for _ in backends]
+    for i in range(warmup + repeats):
+        for k, (be, z) in enumerate(zip(backends, zs, strict=True)):
+            t = time.perf_counter()
+            be.generate(z)  # returns host numpy: includes device sync and the uint8 conversion
+            if i >= warmup:
+                out[k].append(time.perf_counter() - t)
+            if advance:
+                advance(1)
+    return out
+
+
+def summarize(label: str, precision: str, batch: int, lat: list[float], flops: float | None,
+              peaks: dict[str, float]) -> dict[str, Any]:
+    ms = np.asarray(lat) * 1e3
+    p50, p90, p99 = (float(np.percentile(ms, q)) for q in (50, 90, 99))
+    ips = batch / (p50 / 1e3)
+    row = {"label": label, "precision": precision, "batch": batch, "repeats": len(lat),
+           "images_per_s": round(ips, 3), "images_per_s_mean": round(batch * len(lat) / float(ms.sum() / 1e3), 3),
+           "latency_ms": {"p50": round(p50, 2), "p90": round(p90, 2), "p99": round(p99, 2),
+                          "min": round(float(ms.min()), 2), "mean": round(float(ms.mean()), 2)},
+           "latencies_ms": [round(float(x), 3) for x in ms]}
+    if flops:
+        achieved = flops * ips / 1e9
+        peak_key = precision if precision in peaks else "fp32"
+        row.update(gflops_per_s=round(achieved, 1), peak_key=peak_key,
+                   fraction_of_peak=round(achieved / peaks[peak_key], 4) if peaks.get(peak_key) else None)
+    return row
+
+
+# ---------------------------------------------------------------- the command
+
+
+def bench(cfg: BenchConfig, onnx: str | Path | None = None, notes: str = "", command: str | None = None,
+          progress: bool = True, peak_n: int = 0) -> dict[str, Any]:
+    """Measure, write ``cfg.out`` (default ``bench.json`` beside the source) plus a PNG, print a table.
+
+    ``onnx``: an extra ONNX file to time with ONNX Runtime next to a generator directory;
+    ``peak_n``: matmul size of the peak microbenchmark (0: 2048 on CPU, 8192 on CUDA).
+    """
+    from rich.console import Console
+
+    from projgan.serve.backends import load_backend, resolve_device
+
+    if cfg.train:
+        raise UserError("training benchmarks are run by projgan.train.bench, not the inference bench")
+    if cfg.warmup < 0 or cfg.repeats < 1 or any(b < 1 for b in cfg.batch_sizes):
+        raise UserError("--warmup must be >= 0, --repeats >= 1 and batch sizes >= 1")
+    console = Console()
+    if not console.is_terminal:  # logs and pipes: wide enough that the table never truncates
+        console = Console(width=max(console.width, 110))
+    device = resolve_device(cfg.device)
+    variants = _select(plan(cfg.source, device, onnx), cfg.backends)
+    if not variants:
+        raise UserError(f"no backend can run {cfg.source} here")
+    load_before = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    gen = generator_info(cfg.source)
+    flops = gen["flops_per_image"] if gen else None
+    console.print(f"matmul peak on {device}...")
+    engines = {"torch": matmul_peak(device, peak_n)}
+    if device == "cpu" and any(v.backend == "onnxruntime" for v in variants):  # numpy feeds: CPU only
+        try:
+            engines["onnxruntime"] = ort_matmul_peak(device, peak_n)
+        except Exception as e:  # the peak is context; an ONNX Runtime hiccup here must not stop the bench
+            console.print(f"[yellow]ONNX Runtime matmul peak skipped:[/] {e}")
+    keys = list(dict.fromkeys(k for e in engines.values() for k in e))
+    peaks = {k: max(e[k] for e in engines.values() if k in e) for k in keys}
+    results, errors, loaded = [], [], []
+    for v in variants:
+        try:
+            loaded.append((v, load_backend(v.target, v.backend, device, v.precision, force=True)))
+        except UserError as e:
+            errors.append({"label": v.label, "error": str(e)})
+    try:
+        with _bar(progress, console, len(loaded) * len(cfg.batch_sizes) * (cfg.warmup + cfg.repeats)) as advance:
+            for b in cfg.batch_sizes:
+                lats = measure_interleaved([be for _, be in loaded], b, cfg.warmup, cfg.repeats, advance)
+                for (v, be), lat in zip(loaded, lats, strict=True):
+                    row = summarize(v.label, be.precision, min(b, be.max_batch), lat, flops, peaks)
+                    row.update(backend=v.backend, device=be.device, providers=be.providers)
+                    results.append(row)
+    finally:
+        for _, be in loaded:
+            be.close()
+    if not results:
+        raise UserError("no backend could be measured: " + "; ".join(f"{e['label']}: {e['error']}" for e in errors))
+    result = {
+        "command": command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "source": str(cfg.source),
+        "config": dataclasses.asdict(cfg),
+        "machine": {**machine(), "load_avg_1m_before": load_before},  # other processes sharing the cores
+        "versions": versions(),
+        "generator": gen,
+        "gflop_per_image": round(flops / 1e9, 3) if flops else None,
+        "flops_note": "torch.utils.flop_counter.FlopCounterMode (conv/matmul; a multiply-add counts 2)",
+        "peak_gflops": peaks,
+        "peak_gflops_by_engine": engines,
+        "peak_note": "best n x n matmul per dtype (torch; ONNX Runtime fp32 when it is benchmarked); max over engines",
+        "results": results,
+        "errors": errors,
+        "notes": notes,
+    }
+    out = Path(cfg.out) if cfg.out else _default_out(cfg.source)
+    artifacts.atomic_write_json(out, result)
+    from projgan.evaluation.plots import plot_bench
+
+    png = plot_bench(result, out.with_suffix(".png"))
+    print_table(result, console, f"{out}" + (f" + {png}" if png else ""))
+    return result
+
+
+def _default_out(source: str | Path) -> Path:
+    src = Path(source)
+    if src.is_file() or ((src / artifacts.CONFIG_JSON).exists() and (src / artifacts.WEIGHTS).exists()):
+        return src.parent / BENCH_JSON
+    return src / BENCH_JSON
+
+
+@contextmanager
+def _bar(enabled: bool, console, total: int):
+    """A Rich progress bar over all (backend, batch) points; yields ``advance(n)``."""
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("bench"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as p:
+        task = p.add_task("bench", total=total)
+        yield lambda n: p.advance(task, n)
+
+
+def print_table(result: dict[str, Any], console, caption: str = "") -> None:
+    from rich.table import Table
+
+    m = result["machine"]
+    title = f"{m['gpu'] or m['cpu']} ({m['cores']} cores)"
+    if result.get("gflop_per_image"):
+        title += f" · {result['gflop_per_image']:.2f} GFLOP/image"
+    table = Table(title=title, caption=caption)
+    for col in ("backend", "batch", "img/s", "p50 ms", "p90 ms", "p99 ms", "GFLOP/s", "% peak"):
+        table.add_column(col, justify="left" if col == "backend" else "right", no_wrap=True)
+    for r in result["results"]:
+        lat = r["latency_ms"]
+        frac = r.get("fraction_of_peak")
+        table.add_row(r["label"], str(r["batch"]), f"{r['images_per_s']:.2f}", f"{lat['p50']:.1f}",
+                      f"{lat['p90']:.1f}", f"{lat['p99']:.1f}", f"{r.get('gflops_per_s', 0):.0f}",
+                      f"{100 * frac:.1f}" if frac is not None else "-")
+    console.print(table)
+    peaks = ", ".join(f"{k} {v:.0f}" for k, v in result["peak_gflops"].items())
+    console.print(f"matmul peak GFLOP/s: {peaks} (% peak: of the backend's precision; latency per batch)")
+    for e in result["errors"]:
+        console.print(f"[yellow]skipped {e['label']}:[/] {e['error']}")

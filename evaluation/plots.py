@@ -1,0 +1,125 @@
+"""PNG plots: the FID curve of a run, and a benchmark's throughput and latency.
+
+matplotlib (Agg, no display) is imported inside each function so that importing this module, and
+the training step that calls it, stays light. Files are written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from projgan.artifacts import atomic_write_bytes
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out_png: str | Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    atomic_write_bytes(out_png, buf.getvalue())
+    return Path(out_png)
+
+
+def _hours(row: dict[str, Any]) -> float | None:
+    for key in ("wall_s", "wall", "seconds"):  # training rows say "wall"; "seconds" as a last resort
+        if isinstance(row.get(key), (int, float)):
+            return float(row[key]) / 3600.0
+    return None
+
+
+def plot_fid(rows: list[dict[str, Any]], out_png: str | Path, title: str = "") -> Path | None:
+    """FID (and KID on a second axis, if present) against kimg and against wall-clock hours.
+
+    ``rows``: metrics.jsonl rows; rows without a numeric ``fid`` are ignored. Returns the PNG path,
+    or None when there is nothing to plot.
+    """
+    rows = [r for r in rows if isinstance(r.get("fid"), (int, float))]
+    if not rows:
+        return None
+    rows = sorted(rows, key=lambda r: r.get("kimg", 0))
+    plt = _pyplot()
+    kimg = [float(r.get("kimg", i)) for i, r in enumerate(rows)]
+    hours = [_hours(r) for r in rows]
+    fid = [float(r["fid"]) for r in rows]
+    has_kid = any(isinstance(r.get("kid"), (int, float)) for r in rows)
+    axes_x = [("kimg", kimg)]
+    if all(h is not None for h in hours):
+        axes_x.append(("wall-clock hours", hours))
+    fig, axes = plt.subplots(1, len(axes_x), figsize=(5.2 * len(axes_x), 3.6), squeeze=False)
+    best = min(range(len(fid)), key=fid.__getitem__)
+    for ax, (label, xs) in zip(axes[0], axes_x, strict=False):
+        ax.plot(xs, fid, "o-", color="tab:blue", ms=3, label="FID")
+        ax.plot([xs[best]], [fid[best]], "*", color="tab:red", ms=11, zorder=5, label=f"best FID {fid[best]:.2f}")
+        ax.set_xlabel(label)
+        ax.set_ylabel("FID (lower is better)", color="tab:blue")
+        ax.grid(alpha=0.3)
+        handles, names = ax.get_legend_handles_labels()
+        if has_kid:
+            pts = [(x, float(r["kid"])) for x, r in zip(xs, rows, strict=True) if isinstance(r.get("kid"), (int, float))]
+            ax2 = ax.twinx()
+            ax2.plot([p[0] for p in pts], [p[1] for p in pts], "s--", color="tab:orange", ms=3, label="KID")
+            ax2.set_ylabel("KID", color="tab:orange")
+            ax.set_zorder(ax2.get_zorder() + 1)  # FID and its best-marker above the KID line
+            ax.patch.set_visible(False)
+            h2, n2 = ax2.get_legend_handles_labels()
+            handles, names = handles + h2, names + n2
+        ax.legend(handles, names, loc="upper right", fontsize=8)
+    fig.suptitle(title or f"FID over training ({len(rows)} records)")
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def plot_bench(result: dict[str, Any], out_png: str | Path) -> Path | None:
+    """Left: images/s against batch size, one line per backend. Right: batch latency distribution."""
+    points = [p for p in result.get("results", []) if p.get("latencies_ms")]
+    if not points:
+        return None
+    plt = _pyplot()
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    labels = list(dict.fromkeys(p["label"] for p in points))
+    colors = {label: f"C{i}" for i, label in enumerate(labels)}
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for label in labels:
+        ps = sorted((p for p in points if p["label"] == label), key=lambda p: p["batch"])
+        ax1.plot([p["batch"] for p in ps], [p["images_per_s"] for p in ps], "o-", color=colors[label], label=label)
+    batches = sorted({p["batch"] for p in points})
+    ax1.set_xscale("log", base=2)
+    ax1.set_xticks(batches, [str(b) for b in batches])
+    ax1.xaxis.set_minor_formatter(NullFormatter())
+    ax1.set_ylim(bottom=0)
+    ax1.set_xlabel("batch size")
+    ax1.set_ylabel("images/s (batch / median latency)")
+    ax1.set_title("throughput")
+    ax1.grid(alpha=0.3)
+    ax1.legend(fontsize=8)
+    box = ax2.boxplot([p["latencies_ms"] for p in points], whis=(1, 99), patch_artist=True)
+    for patch, p in zip(box["boxes"], points, strict=True):
+        patch.set_facecolor(colors[p["label"]])
+        patch.set_alpha(0.5)
+    ax2.set_xticks(range(1, len(points) + 1), [f"{p['label']}\nb={p['batch']}" for p in points],
+                   rotation=45, ha="right", fontsize=7)
+    ax2.set_yscale("log")
+    ax2.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax2.yaxis.set_major_formatter(ScalarFormatter())
+    ax2.yaxis.set_minor_formatter(NullFormatter())
+    ax2.set_ylabel("latency per batch (ms)")
+    ax2.set_title("latency distribution (box: quartiles, whiskers: p1-p99)")
+    ax2.grid(alpha=0.3, axis="y")
+    m = result.get("machine", {})
+    where = m.get("gpu") or m.get("cpu", "")
+    gen = result.get("generator") or {}
+    what = f"{gen.get('resolution', '?')} px ngf {gen.get('ngf', '?')}" if gen else Path(result.get("source", "")).name
+    fig.suptitle(f"{what} on {where}", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out_png)

@@ -1,0 +1,246 @@
+"""The parity certificate: do the exported files make the same images as the trained generator?
+
+Fixed seeds (``sample_latents``) through every backend that could serve this export, each opened
+with the ``projgan.serve.backends`` class serving uses, so the certificate speaks for what is served:
+
+- ``torch-fp32``: the reference (the copied generator artifact, eager PyTorch fp32 on the CPU).
+- ``onnxruntime-fp32``: must match the float output (max abs <= ``fp32_max_abs``).
+- ``onnxruntime-fp16``, ``tensorrt``, ``torch-bf16`` (where the CPU has fast bf16, as serve's
+  auto choice uses it): reduced precision must keep every seed's uint8 image (worst PSNR and SSIM).
+
+Each backend is also run on the first seeds in smaller batches (1 and 7 beside the full chunk): the
+same seed must give the same image whichever batch it is in.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from projgan import artifacts
+from projgan.config import ExportConfig
+from projgan.generator import sample_latents
+from projgan.serve import backends
+from projgan.serve import parity as metrics
+
+KEYS = ("torch-fp32", "onnxruntime-fp32", "onnxruntime-fp16", "torch-bf16", "tensorrt")
+REALISTIC_STD = 0.1  # below this the reference is nearly constant and PSNR says little
+
+
+@dataclass
+class Candidate:
+    key: str
+    reduced: bool
+    open: Callable[[], backends.Backend]
+
+
+def candidates(export_dir: Path, device: str, with_fp16: bool, with_trt: bool) -> list[Candidate]:
+    """The backends this export can be served with, reference first."""
+
+    def torch_backend(precision: str, dev: str):
+        def open_():
+            G, config = artifacts.load_generator(export_dir / artifacts.GENERATOR_DIR)
+            return backends.TorchBackend(G, config, dev, precision)
+
+        return open_
+
+    out = [
+        Candidate("torch-fp32", False, torch_backend("fp32", "cpu")),
+        Candidate(
+            "onnxruntime-fp32",
+            False,
+            lambda: backends.OnnxRuntimeBackend(export_dir / artifacts.ONNX_FP32, device, "fp32"),
+        ),
+    ]
+    if with_fp16:
+        out.append(
+            Candidate(
+                "onnxruntime-fp16",
+                True,
+                lambda: backends.OnnxRuntimeBackend(export_dir / artifacts.ONNX_FP16, device, "fp16"),
+            )
+        )
+    if backends.cpu_has_fast_bf16():
+        out.append(Candidate("torch-bf16", True, torch_backend("bf16", "cpu")))
+    if with_trt:
+        out.append(Candidate("tensorrt", True, lambda: backends.TensorRTBackend(export_dir / artifacts.TRT_PLAN)))
+    return out
+
+
+def _onnxruntime_device() -> str:
+    """Where serving would run ONNX Runtime: CUDA only if both torch and ONNX Runtime have it."""
+    import onnxruntime as ort
+
+    if backends.resolve_device("auto") == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        return "cuda"
+    return "cpu"
+
+
+def _run(backend: backends.Backend, z: np.ndarray, chunk: int, advance=None) -> np.ndarray:
+    parts = []
+    for i in range(0, len(z), chunk):
+        parts.append(backend.generate_float(z[i : i + chunk]))
+        if advance:
+            advance(len(parts[-1]))
+    return np.concatenate(parts)
+
+
+def _batch_independence(backend, z, full: np.ndarray, chunk: int, reduced: bool, t) -> dict[str, Any]:
+    """The first seeds in batches of 1 and 7 against the same seeds inside the full chunk."""
+    sizes = sorted({s for s in (1, 7) if s < min(chunk, len(z))})
+    worst_abs, worst_psnr, ok = 0.0, metrics.PSNR_CAP, True
+    for s in sizes:
+        m = metrics.compare(full[:s], backend.generate_float(z[:s]))
+        worst_abs, worst_psnr = max(worst_abs, m["max_abs"]), min(worst_psnr, m["psnr_min"])
+        ok = ok and metrics.judge(m, reduced, t)[0]
+    return {"sizes": [*sizes, min(chunk, len(z))], "max_abs": worst_abs, "psnr_min": worst_psnr, "passed": ok}
+
+
+def certify(export_dir: str | Path, cfg: ExportConfig, with_trt: bool = False, console=None) -> dict[str, Any]:
+    """Run the certificate on a built export folder; returns ``{key: entry}`` (see module doc).
+
+    Every entry has ``passed`` and ``reason``; the reference's entry holds the reference std.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    export_dir = Path(export_dir)
+    device = _onnxruntime_device()
+    t = metrics.Thresholds(cfg.fp32_max_abs, cfg.fp16_min_psnr, cfg.fp16_min_ssim)
+    z_dim = artifacts.read_generator_config(export_dir / artifacts.GENERATOR_DIR)["generator"]["z_dim"]
+    seeds = list(range(cfg.parity_seeds))
+    z = sample_latents(seeds, z_dim)
+    chunk = max(1, min(64, cfg.batch_sizes[2]))
+    todo = candidates(export_dir, device, (export_dir / artifacts.ONNX_FP16).exists(), with_trt)
+    results: dict[str, Any] = {}
+    ref = None
+    with Progress(
+        TextColumn("[bold]parity[/] {task.description:<18}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        for c in todo:
+            task = progress.add_task(c.key, total=len(z))
+            t0 = time.perf_counter()
+            try:
+                b = c.open()
+            except Exception as e:  # a backend that cannot even open fails its entry, not the export
+                results[c.key] = {"passed": False, "reason": f"could not open: {str(e).splitlines()[0]}"}
+                progress.remove_task(task)
+                continue
+            out = _run(b, z, chunk, lambda n, task=task: progress.advance(task, n))
+            indep = _batch_independence(b, z, out, chunk, c.reduced, t)
+            seconds = time.perf_counter() - t0
+            info = {
+                "device": b.device,
+                "precision": b.precision,
+                "providers": b.providers,
+                "seconds": round(seconds, 2),
+            }
+            b.close()
+            progress.remove_task(task)
+            if ref is None:  # the reference: judged on itself (finite, batch independent, contrast)
+                ref = out
+                m = metrics.compare(ref, ref, seeds)
+                m["nan_images"] = int((~np.isfinite(ref).reshape(len(ref), -1).all(axis=1)).sum())
+                m["max_abs"] = m["mean_abs"] = 0.0  # against itself; NaN would read as an error of 2
+                ok = m["nan_images"] == 0
+                reason = (
+                    f"reference: finite, std {m['ref_std']}"
+                    if ok
+                    else f"the reference itself has NaN/Inf in {m['nan_images']} of {len(ref)} images: "
+                    "the generator weights are broken (a diverged run?)"
+                )
+                if m["ref_std"] < REALISTIC_STD:
+                    reason += f"; warning: reference std {m['ref_std']} is nearly constant, PSNR says little"
+                entry = {**m, "reference": True}
+            else:
+                m = metrics.compare(ref, out, seeds)
+                ok, reason = metrics.judge(m, c.reduced, t)
+                entry = {**m, "reference": False}
+            if not indep["passed"]:
+                where = f"the same seeds differ across batches {indep['sizes']}"
+                reason = f"{reason}; {where}" if not ok else where
+                ok = False
+            results[c.key] = {
+                **entry,
+                **info,
+                "reduced_precision": c.reduced,
+                "batch_independence": indep,
+                "passed": bool(ok),
+                "reason": reason,
+            }
+    if not results.get("torch-fp32", {}).get("passed", False):
+        for key, entry in results.items():
+            if key != "torch-fp32" and entry.get("passed"):
+                entry["passed"], entry["reason"] = False, "the reference itself failed; " + entry["reason"]
+    return results
+
+
+def table(results: dict[str, Any], t: metrics.Thresholds):
+    """A Rich table of the certificate, the reference's std beside every PSNR."""
+    from rich import box
+    from rich.table import Table
+
+    tab = Table(
+        title="parity certificate (reference: torch-fp32 on the CPU)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    cols = (
+        "backend",
+        "run on",
+        "max abs",
+        "mean abs",
+        "NaN",
+        "PSNR dB",
+        "(min)",
+        "SSIM min",
+        "ref std",
+        "worst seed",
+        "batches",
+        "result",
+    )
+    for col in cols:
+        tab.add_column(
+            col, justify="left" if col in ("backend", "run on", "batches", "result") else "right", no_wrap=True
+        )
+    for key, e in results.items():
+        result = "[green]pass[/]" if e["passed"] else "[red]FAIL[/]"
+        if "max_abs" not in e:
+            tab.add_row(key, *["-"] * (len(cols) - 2), result)
+            continue
+        ref = e.get("reference")
+        bi = e["batch_independence"]
+        tab.add_row(
+            key,
+            f"{e['device']} {e['precision']}",
+            "-" if ref else f"{e['max_abs']:.1e}",
+            "-" if ref else f"{e['mean_abs']:.1e}",
+            str(e["nan_images"]),
+            "-" if ref else f"{e['psnr']:.1f}",
+            "-" if ref else f"({e['psnr_min']:.1f})",
+            "-" if ref else f"{e['ssim_min']:.4f}",
+            f"{e['ref_std']:.3f}",
+            str(e["worst_seed"]),
+            ",".join(map(str, bi["sizes"])) + ("" if bi["passed"] else " [red]differ[/]"),
+            result,
+        )
+    tab.caption = (
+        f"pass: fp32 max abs <= {t.fp32_max_abs:g}; reduced precision: every seed's uint8 image "
+        f"PSNR >= {t.min_psnr:g} dB and SSIM >= {t.min_ssim:g}"
+    )
+    return tab
+
+
+def failures(results: dict[str, Any]) -> list[str]:
+    """One line per failing backend: what failed and by how much."""
+    return [f"{key}: {e['reason']}" for key, e in results.items() if not e["passed"]]

@@ -1,0 +1,184 @@
+"""The dynamic batcher on its own: coalescing, splitting, failure isolation, back-pressure, drain.
+
+``generate`` here is any function of a latent batch (the batcher's contract), chosen so every
+output row can be traced back to its input row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from projgan.serve.batcher import Batcher, BatcherClosed, QueueFull, Stats
+
+
+class Recorder(Stats):
+    def __init__(self):
+        self.sizes, self.waits, self.depths, self.rejections = [], [], [], 0
+
+    def batch(self, size, seconds):
+        self.sizes.append(size)
+
+    def queue_wait(self, seconds):
+        self.waits.append(seconds)
+
+    def queue_depth(self, images):
+        self.depths.append(images)
+
+    def rejected(self):
+        self.rejections += 1
+
+
+def doubling(delay: float = 0.0, fail_on: float | None = None):
+    """Rows in -> rows * 2 out, after ``delay`` seconds; raises if any row starts with ``fail_on``."""
+
+    def generate(z):
+        time.sleep(delay)
+        if fail_on is not None and np.any(z[:, 0] == fail_on):
+            raise RuntimeError("bad row")
+        return z * 2
+
+    return generate
+
+
+def rows(start: int, n: int, width: int = 4) -> np.ndarray:
+    return np.arange(start, start + n, dtype=np.float32)[:, None].repeat(width, 1)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_concurrent_requests_are_coalesced_and_answered_in_order():
+    async def main():
+        rec = Recorder()
+        b = Batcher(doubling(0.02), max_batch=16, max_delay_ms=5, queue_size=256, stats=rec)
+        await b.start()
+        reqs = [rows(10 * i, 1 + i % 3) for i in range(24)]
+        outs = await asyncio.gather(*(b.submit(z) for z in reqs))
+        await b.stop()
+        return rec, reqs, outs
+
+    rec, reqs, outs = run(main())
+    for z, out in zip(reqs, outs, strict=True):
+        np.testing.assert_array_equal(out, z * 2)
+    assert sum(rec.sizes) == sum(len(z) for z in reqs)
+    assert max(rec.sizes) > 1 and len(rec.sizes) < len(reqs)
+    assert all(s <= 16 for s in rec.sizes)
+    assert len(rec.waits) == len(reqs) and rec.depths[-1] == 0
+
+
+def test_large_request_is_split_across_batches():
+    async def main():
+        rec = Recorder()
+        b = Batcher(doubling(), max_batch=4, max_delay_ms=0, queue_size=64, stats=rec)
+        await b.start()
+        out = await b.submit(rows(0, 10))
+        await b.stop()
+        return rec, out
+
+    rec, out = run(main())
+    np.testing.assert_array_equal(out, rows(0, 10) * 2)
+    assert rec.sizes == [4, 4, 2]
+
+
+def test_a_failing_batch_fails_only_its_requests():
+    async def main():
+        b = Batcher(doubling(0.01, fail_on=-1.0), max_batch=2, max_delay_ms=0, queue_size=64)
+        await b.start()
+        first = asyncio.ensure_future(b.submit(rows(100, 1)))  # runs alone while the rest queue
+        await asyncio.sleep(0.002)
+        bad = rows(-1, 1)
+        results = await asyncio.gather(
+            b.submit(rows(0, 1)), b.submit(bad), b.submit(rows(5, 2)), b.submit(rows(7, 1)), return_exceptions=True
+        )
+        after = await b.submit(rows(9, 1))  # the worker survived
+        await b.stop()
+        return await first, results, after
+
+    first, results, after = run(main())
+    np.testing.assert_array_equal(first, rows(100, 1) * 2)
+    # batches of two: [0, -1] fails together; [5, 6] and [7] succeed
+    assert isinstance(results[0], RuntimeError) and isinstance(results[1], RuntimeError)
+    np.testing.assert_array_equal(results[2], rows(5, 2) * 2)
+    np.testing.assert_array_equal(results[3], rows(7, 1) * 2)
+    np.testing.assert_array_equal(after, rows(9, 1) * 2)
+
+
+def test_full_queue_rejects_at_once_with_retry_after():
+    async def main():
+        rec = Recorder()
+        b = Batcher(doubling(0.2), max_batch=4, max_delay_ms=0, queue_size=4, stats=rec)
+        await b.start()
+        running = asyncio.ensure_future(b.submit(rows(0, 4)))
+        await asyncio.sleep(0.02)  # taken by the worker: the queue is empty again
+        queued = asyncio.ensure_future(b.submit(rows(10, 4)))
+        await asyncio.sleep(0)
+        t0 = time.perf_counter()
+        with pytest.raises(QueueFull) as info:
+            await b.submit(rows(20, 1))
+        rejected_in = time.perf_counter() - t0
+        outs = await asyncio.gather(running, queued)
+        await b.stop()
+        return rec, info.value, rejected_in, outs
+
+    rec, err, rejected_in, outs = run(main())
+    assert rejected_in < 0.05 and err.retry_after >= 1 and err.depth == 4 and err.capacity == 4
+    assert rec.rejections == 1
+    np.testing.assert_array_equal(outs[1], rows(10, 4) * 2)
+
+
+def test_stop_finishes_queued_work_then_refuses_new_work():
+    async def main():
+        b = Batcher(doubling(0.02), max_batch=2, max_delay_ms=0, queue_size=64)
+        await b.start()
+        pending = [asyncio.ensure_future(b.submit(rows(i, 1))) for i in range(6)]
+        await asyncio.sleep(0)
+        await b.stop()
+        done = [p.done() and not p.cancelled() and p.exception() is None for p in pending]
+        with pytest.raises(BatcherClosed):
+            await b.submit(rows(0, 1))
+        return done
+
+    assert all(run(main()))
+
+
+def test_lone_request_does_not_wait_for_company():
+    """On an idle server one request runs at once: the delay only applies to bursts."""
+
+    async def main():
+        b = Batcher(doubling(), max_batch=32, max_delay_ms=300, queue_size=64)
+        await b.start()
+        latencies = []
+        for i in range(5):
+            t0 = time.perf_counter()
+            await b.submit(rows(i, 1))
+            latencies.append(time.perf_counter() - t0)
+            await asyncio.sleep(0.35)  # arrivals further apart than the delay
+        await b.stop()
+        return latencies
+
+    assert max(run(main())) < 0.1
+
+
+def test_cancelled_request_does_not_disturb_others():
+    async def main():
+        b = Batcher(doubling(0.05), max_batch=2, max_delay_ms=0, queue_size=64)
+        await b.start()
+        head = asyncio.ensure_future(b.submit(rows(0, 2)))
+        await asyncio.sleep(0.01)
+        gone = asyncio.ensure_future(b.submit(rows(10, 3)))
+        kept = asyncio.ensure_future(b.submit(rows(20, 1)))
+        await asyncio.sleep(0)
+        gone.cancel()
+        out = await asyncio.gather(head, kept)
+        depth = b.depth
+        await b.stop()
+        return out, depth
+
+    (head, kept), depth = run(main())
+    np.testing.assert_array_equal(kept, rows(20, 1) * 2)
+    assert depth == 0

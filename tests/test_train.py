@@ -1,0 +1,242 @@
+"""Training stage: D, losses, DiffAugment, EMA, exact resume, and the loop's run directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from projgan import artifacts
+from projgan.config import GeneratorConfig, TrainConfig
+from projgan.errors import UserError
+from projgan.generator import sample_latents
+from projgan.train import diffaug, dist, step
+from projgan.train.discriminator import MiniDiscriminator, ProjectedDiscriminator
+from projgan.train.ema import ema_beta, update_ema
+from projgan.train.features import FeatureNetwork
+from projgan.train.loop import train
+from projgan.train.losses import d_hinge_loss, g_loss
+from projgan.train.shapes import make_shapes_dataset
+
+
+def tiny_cfg(tmp_path, **kw) -> TrainConfig:
+    data = tmp_path / "data"
+    if not data.exists():
+        make_shapes_dataset(data, n=16, resolution=32)
+    base = dict(
+        data=str(data), out=str(tmp_path / "run"), generator=GeneratorConfig(resolution=32, ngf=16), batch=4,
+        kimg=0.008, backbone_weights="none", backbone_resolution=32, tick_kimg=0.004, snapshot_ticks=1,
+        metrics=(), sample_seeds=4, device="cpu",
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+# ---------------------------------------------------------------- pieces
+
+
+@pytest.fixture(scope="module")
+def features():
+    return FeatureNetwork("tf_efficientnet_lite0", None, "ccm+csm", input_resolution=64)
+
+
+@pytest.mark.parametrize("num_discs", [1, 4])
+def test_discriminator_gives_logits_per_scale(features, num_discs):
+    D = ProjectedDiscriminator(features, num_discs)
+    logits = D(torch.randn(3, 3, 32, 32))
+    assert len(logits) == num_discs
+    assert all(lg.shape[0] == 3 and lg.dim() == 2 for lg in logits)
+    assert any("parametrizations" in k for k in D.state_dict())  # spectral norm
+    assert any(k.startswith("features.ccm") for k in D.state_dict())  # random projections are in D's state
+
+
+def test_mini_discriminator_downsamples_to_at_most_8():
+    d = MiniDiscriminator(64, 56)
+    assert len(d) == 4  # 56 -> 28 -> 14 -> 7, then the logit conv
+    assert d(torch.randn(2, 64, 56, 56)).shape == (2, 1, 4, 4)
+    assert MiniDiscriminator(16, 2)(torch.randn(1, 16, 2, 2)).shape[-1] >= 1
+
+
+def test_losses():
+    ones = [torch.ones(2, 5), torch.ones(2, 1)]
+    assert float(d_hinge_loss([2 * o for o in ones], [-2 * o for o in ones])) == 0.0
+    assert float(d_hinge_loss([0 * o for o in ones], [0 * o for o in ones])) == 4.0  # (1 + 1) per scale
+    assert float(d_hinge_loss([0.5 * o for o in ones], [-0.5 * o for o in ones])) == 2.0
+    assert float(g_loss([3 * o for o in ones])) == -6.0
+
+
+@pytest.mark.parametrize("policy", ["color", "translation", "cutout", "color,translation,cutout"])
+def test_diffaugment_is_differentiable(policy):
+    x = torch.rand(4, 3, 16, 16, requires_grad=True)
+    y = diffaug.diff_augment(x, policy)
+    assert y.shape == x.shape
+    (y * torch.randn_like(y)).sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+
+
+def test_diffaugment_ops_do_what_they_say():
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 20, 20) + 1  # strictly positive, so zeros mark removed pixels
+    zero_frac = float((diffaug.cutout(x) == 0).float().mean())
+    assert 0.01 < zero_frac < 0.05  # a 4x4 hole (0.2 x 20) in 400 pixels, minus clipping at borders
+    t = diffaug.translation(x)
+    assert float((t == 0).float().mean()) > 0  # some images shifted in zeros
+    kept = t != 0
+    assert torch.isin(t[kept], x).all()  # pixels move, values stay
+    assert diffaug.diff_augment(x, "") is x
+    with pytest.raises(UserError):
+        diffaug.parse_policy("color,blur")
+
+
+def test_ema_beta_and_update():
+    assert ema_beta(32, 10**9, 10.0, None) == pytest.approx(0.5 ** (32 / 10000))
+    assert ema_beta(32, 100, 10.0, 0.05) == pytest.approx(0.5 ** (32 / 5))  # ramp-up caps the half-life
+    a, b = torch.nn.BatchNorm1d(2), torch.nn.BatchNorm1d(2)
+    with torch.no_grad():
+        a.weight.fill_(0.0)
+        b.weight.fill_(1.0)
+        b.running_mean.fill_(3.0)
+    update_ema(a, b, 0.75)
+    assert torch.allclose(a.weight, torch.full((2,), 0.25))
+    assert torch.equal(a.running_mean, b.running_mean)  # buffers copied, not averaged
+
+
+def test_precision_resolution():
+    cpu = torch.device("cpu")
+    assert dist.resolve_precision("auto", cpu) == ("bf16" if dist.cpu_has_fast_bf16() else "fp32")
+    assert dist.resolve_precision("fp32", cpu) == "fp32"
+    with pytest.raises(UserError):
+        dist.resolve_precision("fp16", cpu)
+
+
+# ---------------------------------------------------------------- exact resume
+
+
+def _d_out(t, x):
+    with torch.no_grad():
+        return torch.cat([lg.float() for lg in t.D(x)], 1)
+
+
+def test_training_state_restores_d_projections_and_ema_exactly(tmp_path):
+    cfg = tiny_cfg(tmp_path, precision="fp32")
+    rt = dist.Runtime()
+    a = step.build(cfg, rt)
+    reals = torch.rand(4, 3, 32, 32) * 2 - 1
+    nimg = 0
+    for _ in range(2):
+        nimg = step.train_step(a, reals, nimg)
+    artifacts.save_training_state(tmp_path / "state.pt", step.state_dict(a))
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+
+    b = step.build(tiny_cfg(tmp_path, precision="fp32", seed=7), rt)  # other random projections and weights
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    assert not torch.allclose(_d_out(a, x), _d_out(b, x))
+    assert not torch.equal(a.D.features.ccm[0].weight, b.D.features.ccm[0].weight)
+    step.load_state_dict(b, state)
+    torch.testing.assert_close(b.D.features.ccm[0].weight, a.D.features.ccm[0].weight, rtol=0, atol=0)
+    torch.testing.assert_close(b.D.features.csm[1].weight, a.D.features.csm[1].weight, rtol=0, atol=0)
+    torch.testing.assert_close(_d_out(b, x), _d_out(a, x), rtol=0, atol=0)
+    a.D.eval(), b.D.eval()
+    torch.testing.assert_close(_d_out(b, x), _d_out(a, x), rtol=0, atol=0)
+    a.D.train(), b.D.train()
+    z = torch.from_numpy(sample_latents(range(3), 256))
+    with torch.no_grad():
+        torch.testing.assert_close(b.G_ema(z), a.G_ema(z), rtol=0, atol=0)
+    # One more step from the same RNG state lands on the same weights: nothing was lost in the state.
+    for t in (a, b):
+        torch.manual_seed(123)
+        step.train_step(t, reals, nimg)
+    for pa, pb in zip(a.G.parameters(), b.G.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=0)
+    for pa, pb in zip(a.D.parameters(), b.D.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def _rows(run, kind="tick"):
+    return [r for r in artifacts.read_jsonl(run / artifacts.METRICS) if r.get("kind") == kind]
+
+
+def test_train_writes_the_run_directory_and_resumes(tmp_path):
+    run = train(tiny_cfg(tmp_path))
+    assert (run / artifacts.TRAIN_CONFIG).exists()
+    assert json.loads((run / artifacts.TRAIN_CONFIG).read_text())["kimg"] == 0.008
+    rows = _rows(run)
+    assert [r["kimg"] for r in rows] == [0.004, 0.008] and [r["tick"] for r in rows] == [1, 2]
+    assert all(r["sec_per_kimg"] > 0 and "loss_D" in r and "loss_G" in r and r["wall"] > 0 for r in rows)
+    G, config = artifacts.load_generator(run / artifacts.GENERATOR_DIR)
+    assert config["meta"]["kimg"] == 0.008 and config["meta"]["dataset"] == "data"
+    assert G.cfg.resolution == 32
+    samples = sorted(p.name for p in (run / artifacts.SAMPLES_DIR).iterdir())
+    assert samples == ["kimg00000.004.png", "kimg00000.008.png", "reals.png"]
+    state = torch.load(run / artifacts.TRAINING_STATE, weights_only=True)
+    assert state["counters"]["cur_nimg"] == 8
+    assert {"G", "G_ema", "D", "opt_G", "opt_D", "rng"} <= set(state)
+    assert not list(run.glob(".*tmp*"))
+
+    # A row newer than the state (written after the last snapshot of a killed run) is dropped on resume.
+    artifacts.append_jsonl(run / artifacts.METRICS, {"kind": "tick", "tick": 3, "kimg": 0.012, "wall": 1.0})
+    train(tiny_cfg(tmp_path, kimg=0.016))
+    rows = _rows(run)
+    assert [r["kimg"] for r in rows] == [0.004, 0.008, 0.012, 0.016]
+    assert [r["tick"] for r in rows] == [1, 2, 3, 4]
+    assert rows[2]["wall"] > rows[1]["wall"]  # wall time continues
+    assert torch.load(run / artifacts.TRAINING_STATE, weights_only=True)["counters"]["cur_nimg"] == 16
+
+    before = (run / artifacts.METRICS).read_text()
+    train(tiny_cfg(tmp_path, kimg=0.016))  # budget reached: nothing to do
+    assert (run / artifacts.METRICS).read_text() == before
+
+
+def test_resume_refuses_a_different_architecture(tmp_path):
+    train(tiny_cfg(tmp_path, kimg=0.004))
+    with pytest.raises(UserError, match="generator"):
+        train(tiny_cfg(tmp_path, kimg=0.008, generator=GeneratorConfig(resolution=32, ngf=24)))
+
+
+def test_unwritable_run_directory_fails_before_training(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="cannot write"):
+        train(tiny_cfg(tmp_path, out=str(tmp_path / "file" / "run")))
+
+
+def test_sigint_finishes_the_step_and_writes_a_snapshot(tmp_path):
+    cfg = tiny_cfg(tmp_path)
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    p = subprocess.Popen(
+        [sys.executable, "-m", "projgan", "train", "--data", cfg.data, "--out", str(run), "--resolution", "32",
+         "--ngf", "16", "--batch", "4", "--kimg", "1000", "--backbone-weights", "none", "--backbone-resolution", "32",
+         "--metrics", "none", "--tick-kimg", "0.004", "--snapshot-ticks", "1000", "--device", "cpu"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and not _rows_safe(run):
+            time.sleep(0.2)
+        assert _rows_safe(run), "no tick row appeared"
+        p.send_signal(signal.SIGINT)
+        out, _ = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, out
+    assert "SIGINT" in out and "stopped at" in out
+    state = torch.load(run / artifacts.TRAINING_STATE, weights_only=True)
+    assert 0 < state["counters"]["cur_nimg"] < 1_000_000
+    assert json.loads((run / artifacts.GENERATOR_DIR / artifacts.CONFIG_JSON).read_text())["meta"]["kimg"] > 0
+
+
+def _rows_safe(run):
+    try:
+        return _rows(run)
+    except OSError:
+        return []

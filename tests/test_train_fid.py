@@ -1,0 +1,79 @@
+"""The FID path of training, driven end to end with an injected (tiny, fixed) feature extractor."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from projgan import artifacts
+from projgan.config import GeneratorConfig, TrainConfig
+from projgan.errors import UserError
+from projgan.train.loop import train
+from projgan.train.shapes import make_shapes_dataset
+
+pytest.importorskip("projgan.evaluation.metrics")
+pytest.importorskip("projgan.evaluation.plots")
+
+
+class TinyExtractor(torch.nn.Module):
+    """Float 0..255 [B, 3, H, W] -> [B, 48]: pooled colour statistics through a fixed random map."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.register_buffer("proj", torch.randn(3 * 16, 48, generator=g))
+
+    def forward(self, x):
+        x = torch.nn.functional.adaptive_avg_pool2d(x.float() / 255.0, 4).flatten(1)
+        return x @ self.proj
+
+
+def _cfg(tmp_path, **kw):
+    data = tmp_path / "data"
+    if not data.exists():
+        make_shapes_dataset(data, n=16, resolution=32)
+    base = dict(
+        data=str(data), out=str(tmp_path / "run"), generator=GeneratorConfig(resolution=32, ngf=16), batch=4,
+        kimg=0.016, backbone_weights="none", backbone_resolution=32, tick_kimg=0.004, snapshot_ticks=100,
+        metrics=("fid", "kid"), fid_every=0.008, fid_images=16, sample_seeds=4, device="cpu",
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_fid_rows_plot_and_best_generator(tmp_path):
+    run = train(_cfg(tmp_path), feature_extractor=TinyExtractor())
+    rows = artifacts.read_jsonl(run / artifacts.METRICS)
+    fid_rows = [r for r in rows if "fid" in r]
+    assert [r["kimg"] for r in fid_rows] == [0.008, 0.016]
+    assert all(r["fid"] >= 0 and "kid" in r and r["wall"] > 0 for r in fid_rows)
+    assert len([r for r in rows if r.get("kind") == "tick"]) == 4
+    assert (run / artifacts.FID_PLOT).stat().st_size > 1000
+    assert list(run.glob("fid-ref-*.npz"))  # reference statistics cached in the run
+
+    best_row = min(fid_rows, key=lambda r: r["fid"])
+    best = json.loads((run / artifacts.BEST_GENERATOR_DIR / artifacts.CONFIG_JSON).read_text())["meta"]
+    assert best["fid"] == pytest.approx(best_row["fid"]) and best["kimg"] == best_row["kimg"]
+    latest = json.loads((run / artifacts.GENERATOR_DIR / artifacts.CONFIG_JSON).read_text())["meta"]
+    assert latest["fid"] == pytest.approx(fid_rows[-1]["fid"]) and latest["kimg"] == 0.016
+    state = torch.load(run / artifacts.TRAINING_STATE, weights_only=True)
+    assert state["counters"]["best_fid"] == pytest.approx(best_row["fid"])
+
+    # generator-best only moves when a later record beats it: resume, and compare with the new rows.
+    train(_cfg(tmp_path, kimg=0.024), feature_extractor=TinyExtractor())
+    fid_rows = [r for r in artifacts.read_jsonl(run / artifacts.METRICS) if "fid" in r]
+    assert [r["kimg"] for r in fid_rows] == [0.008, 0.016, 0.024]
+    best_row = min(fid_rows, key=lambda r: r["fid"])
+    best = json.loads((run / artifacts.BEST_GENERATOR_DIR / artifacts.CONFIG_JSON).read_text())["meta"]
+    assert best["kimg"] == best_row["kimg"]
+
+
+def test_missing_inception_weights_fail_before_training(tmp_path):
+    cfg = _cfg(tmp_path, metrics=("fid",), inception_weights=str(tmp_path / "missing.pt"))
+    with pytest.raises(UserError) as e:
+        train(cfg)
+    assert "--inception-weights" in str(e.value) + (e.value.hint or "")
+    assert not (tmp_path / "run" / artifacts.TRAINING_STATE).exists()
+    assert not (tmp_path / "run" / artifacts.METRICS).exists()

@@ -1,0 +1,298 @@
+"""Training images: a folder (searched recursively) or a zip, decoded once into a cached uint8 array.
+
+Every image is center-cropped to a square and resized to the training resolution once; the result is
+cached as ``.npy`` (no pickle) keyed by a fingerprint of the file list and the resolution, so a
+resumed or repeated run starts at once. The training loop holds the images as one uint8 tensor
+``[N, 3, H, W]`` (on the GPU when it fits) and samples batches by random index: no data loader.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from projgan.errors import UserError
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".tga"}
+MIN_IMAGES = 8  # fewer than this cannot train a GAN meaningfully (and is almost always a wrong path)
+CACHE_NAME = "dataset-{resolution}px-{key}.npy"  # in the run directory; a .json summary sits beside it
+
+
+@dataclass
+class Summary:
+    """What a scan found; printed as one line."""
+
+    source: str
+    resolution: int
+    images: int = 0
+    unreadable: int = 0  # image extension but cannot be decoded (corrupt or truncated)
+    non_image: int = 0  # files without an image extension
+    upscaled: int = 0  # shorter side below the resolution
+    median_size: int = 0  # median shorter side of the source images
+
+    def skipped(self) -> str:
+        parts = []
+        if self.unreadable:
+            parts.append(f"{self.unreadable} unreadable or truncated")
+        if self.non_image:
+            parts.append(f"{self.non_image} non-image files")
+        return "skipped " + ", ".join(parts) if parts else "nothing skipped"
+
+    def line(self) -> str:
+        parts = [f"{self.images} images at {self.resolution} px from {self.source}", self.skipped()]
+        if self.upscaled:
+            parts.append(f"{self.upscaled} upscaled from smaller originals (median side {self.median_size} px)")
+        return "; ".join(parts)
+
+
+# ---------------------------------------------------------------- listing and decoding
+
+
+def _is_hidden(rel: str) -> bool:
+    return any(p.startswith(".") or p == "__MACOSX" for p in Path(rel).parts)
+
+
+def _list_files(source: Path) -> list[tuple[str, int, int]]:
+    """(relative name, size, mtime-or-crc) of every file, sorted: the dataset's identity."""
+    if zipfile.is_zipfile(source):
+        with zipfile.ZipFile(source) as zf:
+            return sorted((i.filename, i.file_size, i.CRC) for i in zf.infolist() if not i.is_dir())
+    out = []
+    for root, dirs, files in os.walk(source, followlinks=True):
+        dirs.sort()
+        for name in files:
+            p = Path(root) / name
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            out.append((p.relative_to(source).as_posix(), st.st_size, st.st_mtime_ns))
+    return sorted(out)
+
+
+def _to_rgb(im):
+    """Any PIL mode (grayscale, RGBA, palette, 16-bit, CMYK, float) -> 8-bit RGB."""
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        if im.mode == "F" and a.max() <= 1.0:
+            hi = 1.0
+        a = np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(a, "L").convert("RGB")
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))  # transparent -> white, not random colours
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    return im.convert("RGB") if im.mode != "RGB" else im
+
+
+def _decode(data: bytes, resolution: int):
+    """Bytes -> (uint8 [res, res, 3], shorter side) or None when the file is not a decodable image."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.draft("RGB", (resolution, resolution))  # JPEG: decode at a reduced size when possible
+            im = ImageOps.exif_transpose(im)
+            im.load()  # raises on truncated data
+            side = min(im.size)
+            im = _to_rgb(im)
+            w, h = im.size
+            box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+            im = im.resize((resolution, resolution), Image.Resampling.LANCZOS, box=box)
+            return np.asarray(im, dtype=np.uint8).copy(), side
+    except (OSError, SyntaxError, ValueError, TypeError, Image.DecompressionBombError, ZeroDivisionError):
+        return None
+
+
+def _scan(source: Path, resolution: int, progress: bool = True) -> tuple[np.ndarray, Summary]:
+    """Decode every image of a folder or zip: (uint8 [N, res, res, 3], summary)."""
+    summary = Summary(source=str(source), resolution=resolution)
+    is_zip = zipfile.is_zipfile(source)
+    names = [n for n, _, _ in _list_files(source) if not _is_hidden(n)]
+    images = [n for n in names if Path(n).suffix.lower() in IMAGE_EXTS]
+    summary.non_image = len(names) - len(images)
+
+    zf = zipfile.ZipFile(source) if is_zip else None
+
+    def read(name: str) -> bytes | None:
+        try:
+            return zf.read(name) if zf is not None else (source / name).read_bytes()
+        except (OSError, zipfile.BadZipFile, KeyError, RuntimeError):
+            return None
+
+    def load(name: str):
+        data = read(name)
+        return None if data is None else _decode(data, resolution)
+
+    out = np.empty((len(images), resolution, resolution, 3), dtype=np.uint8)
+    sides: list[int] = []
+    n = 0
+    workers = 1 if is_zip else min(8, os.cpu_count() or 1)  # ZipFile is not thread-safe for reads
+    from rich.console import Console
+    from rich.progress import Progress
+
+    err = Console(stderr=True)
+    show = progress and err.is_terminal  # logs (CI, nohup) get the summary line only
+    with ThreadPoolExecutor(workers) as pool, Progress(console=err, transient=True, disable=not show) as bar:
+        task = bar.add_task(f"decoding {len(images)} images", total=len(images))
+        for res in pool.map(load, images):
+            bar.advance(task)
+            if res is None:
+                summary.unreadable += 1
+                continue
+            out[n], side = res
+            sides.append(side)
+            n += 1
+    if zf is not None:
+        zf.close()
+    summary.images = n
+    summary.upscaled = sum(s < resolution for s in sides)
+    summary.median_size = int(np.median(sides)) if sides else 0
+    return out[:n], summary
+
+
+def _validate(summary: Summary, min_images: int) -> None:
+    if summary.images == 0:
+        raise UserError(
+            f"no readable images in {summary.source} ({summary.skipped()})",
+            "point --data at a folder (searched recursively) or .zip of PNG/JPEG/WebP images",
+        )
+    if summary.images < min_images:
+        raise UserError(
+            f"only {summary.images} readable images in {summary.source}; training needs at least {min_images}",
+            "add images (a few hundred or more works best) or check --data",
+        )
+
+
+def _resolve_source(path: str | Path) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UserError(f"dataset {p} does not exist", "pass --data a folder or .zip of images")
+    if p.is_file() and not zipfile.is_zipfile(p):
+        raise UserError(f"{p} is a file but not a zip archive", "pass a folder of images or a .zip of them")
+    return p
+
+
+def fingerprint(path: str | Path) -> str:
+    """Identity of a dataset: names, sizes and mtimes (folders) or CRCs (zips) of its files."""
+    p = _resolve_source(path)
+    h = hashlib.sha256(str(p.resolve()).encode())
+    for name, size, stamp in _list_files(p):
+        h.update(f"{name}\0{size}\0{stamp}\n".encode())
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- public API
+
+
+def load_images(
+    path: str | Path, resolution: int, cache_dir: str | Path | None = None, min_images: int = MIN_IMAGES,
+    progress: bool = True,
+) -> tuple[np.ndarray, Summary]:
+    """uint8 ``[N, res, res, 3]`` and the scan summary, from the cache in ``cache_dir`` when present."""
+    source = _resolve_source(path)
+    cache = None
+    if cache_dir is not None:
+        cache = Path(cache_dir) / CACHE_NAME.format(resolution=resolution, key=fingerprint(source))
+        meta = cache.with_suffix(".json")
+        if cache.exists() and meta.exists():
+            try:
+                arr = np.load(cache, allow_pickle=False)
+                summary = Summary(**json.loads(meta.read_text()))
+                if arr.shape[1:] == (resolution, resolution, 3) and arr.shape[0] == summary.images:
+                    _validate(summary, min_images)
+                    return arr, summary
+            except (OSError, ValueError, TypeError, json.JSONDecodeError):
+                pass  # a damaged cache is rebuilt
+    arr, summary = _scan(source, resolution, progress=progress)
+    _validate(summary, min_images)
+    if cache is not None:
+        _save_npy(cache, arr)
+        from projgan.artifacts import atomic_write_json
+
+        atomic_write_json(cache.with_suffix(".json"), asdict(summary))
+    return arr, summary
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    """Atomic .npy write streamed to a temp file (the array may be gigabytes: no second copy in memory)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.time_ns()}.tmp")
+    try:
+        with open(tmp, "xb") as f:  # plain open: umask-based permissions, unlike mkstemp's 0600
+            np.save(f, arr, allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def check(path: str | Path, resolution: int = 256) -> Summary:
+    """`pipeline data check`: decode everything, print the one-line summary, write nothing."""
+    from rich.console import Console
+
+    _, summary = _scan(_resolve_source(path), resolution)
+    Console().print(summary.line(), highlight=False, soft_wrap=True)
+    _validate(summary, MIN_IMAGES)
+    return summary
+
+
+def check_resolution(summary: Summary, resolution: int) -> None:
+    """Refuse a resolution far above what the images hold (training would learn upscaling blur)."""
+    if summary.median_size and summary.median_size * 2 < resolution:
+        raise UserError(
+            f"--resolution {resolution} is more than twice the images' median size ({summary.median_size} px)",
+            f"train at --resolution {max(32, 1 << (summary.median_size.bit_length() - 1))} or use larger images",
+        )
+
+
+class ImageDataset:
+    """All training images as one uint8 tensor ``[N, 3, H, W]``; batches by random index."""
+
+    def __init__(self, images: np.ndarray, device: torch.device | str = "cpu", xflip: bool = False):
+        t = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+        device = torch.device(device)
+        if device.type == "cuda" and not _fits_on_gpu(t.numel(), device):
+            device = torch.device("cpu")
+            t = t.pin_memory()
+        self.images = t.to(device)
+        self.xflip = xflip
+        self.target = device
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def sample(self, n: int, device: torch.device | str, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` random images as float ``[n, 3, H, W]`` in [-1, 1] on ``device`` (x-flipped at random)."""
+        idx = torch.randint(len(self), (n,), generator=generator)
+        x = self.images[idx.to(self.images.device)].to(device, non_blocking=True)
+        x = x.float().div_(127.5).sub_(1.0)
+        if self.xflip:
+            flip = torch.rand(n, generator=generator).to(device) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        return x
+
+    def numpy_nhwc(self) -> np.ndarray:
+        return self.images.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _fits_on_gpu(numel: int, device: torch.device) -> bool:
+    free, _ = torch.cuda.mem_get_info(device)
+    return numel < free * 0.25

@@ -1,0 +1,134 @@
+"""Process group, device and precision: the few facts every part of training asks about.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) each process trains on ``batch / world`` images and the
+gradients are averaged with one flattened all-reduce per step (as StyleGAN2-ADA does), which stays
+correct when D runs several forwards before one backward. NCCL on CUDA, gloo on CPU. Only rank 0
+writes files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import distributed as dist
+
+from projgan.errors import UserError
+
+
+@dataclass
+class Runtime:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX512-BF16: where bf16 matmuls/convs run several times faster than fp32 on the CPU."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """auto -> bf16 where it is fast (CUDA with bf16, AMX CPUs), else fp32."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cpu_has_fast_bf16() else "fp32"
+    if precision == "fp16" and device.type == "cpu":
+        raise UserError("--precision fp16 is for CUDA", "use bf16 (fast on AMX CPUs) or fp32 on the CPU")
+    return precision
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
+def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda requested but CUDA is not available here", "use --device cpu or auto")
+        return torch.device("cuda", local_rank if device == "cuda" else torch.device(device).index)
+    if device != "cpu":
+        raise UserError(f"unknown --device {device!r}", "choose auto, cpu or cuda")
+    return torch.device("cpu")
+
+
+def init(device: str = "auto") -> Runtime:
+    """Join the torchrun process group when there is one; pick this process's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local_rank)
+    if world > 1 and not dist.is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Runtime(rank=rank, world=world, local_rank=local_rank, device=dev)
+
+
+def shutdown(rt: Runtime) -> None:
+    if rt.world > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(rt: Runtime) -> None:
+    if rt.world > 1:
+        dist.barrier()
+
+
+def broadcast_module(module: torch.nn.Module, rt: Runtime) -> None:
+    """Make every rank hold rank 0's parameters and buffers."""
+    if rt.world > 1:
+        for t in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(t.data, src=0)
+
+
+def all_reduce_grads(params: list[torch.nn.Parameter], rt: Runtime) -> None:
+    """Average gradients over ranks with one flattened all-reduce (missing grads count as zero)."""
+    if rt.world == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= rt.world
+    offset = 0
+    for p, g in zip(params, grads, strict=True):
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))  # copy_ keeps the grad's memory format
+        p.grad = g
+        offset += g.numel()
+
+
+def any_rank(flag: bool, rt: Runtime) -> bool:
+    """True on every rank when it is true on any (stop requests must be agreed on)."""
+    if rt.world == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=rt.device if rt.device.type == "cuda" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+
+def assert_in_sync(module: torch.nn.Module, rt: Runtime, what: str) -> None:
+    """Every rank must hold the same weights (same init, same averaged gradients); checked at snapshots."""
+    if rt.world == 1:
+        return
+    with torch.no_grad():
+        total = torch.stack([p.detach().double().sum() for p in module.parameters()]).sum().view(1)
+    low, high = total.clone(), total.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    if float(high - low) > 1e-6 * max(1.0, float(total.abs())):
+        raise RuntimeError(f"{what} weights differ across ranks ({float(low)} vs {float(high)})")

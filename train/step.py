@@ -1,0 +1,221 @@
+"""The models, optimisers and one training step: shared by the loop and the benchmark.
+
+Imports torch (and timm, through the feature network) only, so ``bench`` can time exactly the
+step the loop runs without the dataset, Rich or the metrics stack.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from projgan.config import TrainConfig
+from projgan.generator import Generator
+from projgan.train import dist
+from projgan.train.diffaug import diff_augment, parse_policy
+from projgan.train.discriminator import ProjectedDiscriminator
+from projgan.train.ema import ema_beta, update_ema
+from projgan.train.features import FeatureNetwork
+from projgan.train.losses import d_hinge_loss, g_loss
+
+STATE_FORMAT = "projgan.training-state"
+
+
+def backbone_resolution(cfg: TrainConfig) -> int:
+    """224 below 224 px (the size the backbone was trained at), else the training resolution."""
+    if cfg.backbone_resolution > 0:
+        return cfg.backbone_resolution
+    return 224 if cfg.generator.resolution < 224 else cfg.generator.resolution
+
+
+@dataclass
+class Trainer:
+    """Everything one training process holds; ``G``/``D`` are the plain modules, ``*_fwd`` maybe compiled."""
+
+    cfg: TrainConfig
+    rt: dist.Runtime
+    G: Generator
+    G_ema: Generator
+    D: ProjectedDiscriminator
+    opt_G: torch.optim.Optimizer
+    opt_D: torch.optim.Optimizer
+    scaler_G: torch.amp.GradScaler
+    scaler_D: torch.amp.GradScaler
+    precision: str
+    policy: tuple[str, ...]
+    G_fwd: nn.Module = None
+    D_fwd: nn.Module = None
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    steps_in_stats: int = 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.rt.device
+
+    @property
+    def batch_per_rank(self) -> int:
+        return self.cfg.batch // self.rt.world
+
+
+def build(cfg: TrainConfig, rt: dist.Runtime, backbone_weights: str | None = None) -> Trainer:
+    """Generator (spectral norm on), its EMA, the projected D, Adam optimisers and grad scalers.
+
+    Models are initialised from ``cfg.seed`` identically on every rank, then broadcast from rank 0.
+    """
+    if cfg.batch % rt.world:
+        from projgan.errors import UserError
+
+        raise UserError(f"--batch {cfg.batch} is not divisible by the {rt.world} processes")
+    precision = dist.resolve_precision(cfg.precision, rt.device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        G = Generator(cfg.generator, spectral=True)
+        feats = FeatureNetwork(
+            cfg.backbone, backbone_weights, cfg.projection, backbone_resolution(cfg), seed=cfg.seed + 1
+        )
+        D = ProjectedDiscriminator(feats, cfg.num_discs)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    G = G.to(rt.device, memory_format=fmt).train()
+    D = D.to(rt.device, memory_format=fmt).train()
+    dist.broadcast_module(G, rt)
+    dist.broadcast_module(D, rt)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    betas = (float(cfg.betas[0]), float(cfg.betas[1]))
+    opt_G = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=betas, eps=cfg.eps)
+    opt_D = torch.optim.Adam([p for p in D.parameters() if p.requires_grad], lr=cfg.lr, betas=betas, eps=cfg.eps)
+    fp16 = precision == "fp16"
+    t = Trainer(
+        cfg=cfg, rt=rt, G=G, G_ema=G_ema, D=D, opt_G=opt_G, opt_D=opt_D,
+        scaler_G=torch.amp.GradScaler(rt.device.type, enabled=fp16),
+        scaler_D=torch.amp.GradScaler(rt.device.type, enabled=fp16),
+        precision=precision, policy=parse_policy(cfg.augment),
+    )
+    t.G_fwd, t.D_fwd = (torch.compile(G), torch.compile(D)) if cfg.compile else (G, D)
+    return t
+
+
+def _autocast(t: Trainer):
+    dtype = dist.autocast_dtype(t.precision)
+    return torch.autocast(t.device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def _latents(t: Trainer, n: int) -> torch.Tensor:
+    return torch.randn(n, t.cfg.generator.z_dim, device=t.device)
+
+
+def _prep(t: Trainer, x: torch.Tensor) -> torch.Tensor:
+    x = diff_augment(x, t.policy) if t.policy else x
+    return x.contiguous(memory_format=torch.channels_last) if t.cfg.channels_last else x
+
+
+def _accumulate(t: Trainer, **values: torch.Tensor) -> None:
+    for k, v in values.items():
+        v = v.detach().float()
+        t.stats[k] = t.stats[k] + v if k in t.stats else v
+
+
+def d_step(t: Trainer, reals: torch.Tensor) -> None:
+    """Hinge loss on augmented reals vs augmented fakes (G frozen for this step)."""
+    with torch.no_grad(), _autocast(t):
+        fakes = t.G_fwd(_latents(t, reals.shape[0]))
+    with _autocast(t):
+        real_logits = t.D_fwd(_prep(t, reals))
+        fake_logits = t.D_fwd(_prep(t, fakes.float()))
+        loss = d_hinge_loss(real_logits, fake_logits)
+    t.opt_D.zero_grad(set_to_none=True)
+    t.scaler_D.scale(loss).backward()
+    dist.all_reduce_grads(t.opt_D.param_groups[0]["params"], t.rt)
+    t.scaler_D.step(t.opt_D)
+    t.scaler_D.update()
+    _accumulate(
+        t, loss_D=loss,
+        D_real=sum(r.float().mean() for r in real_logits) / len(real_logits),
+        D_fake=sum(f.float().mean() for f in fake_logits) / len(fake_logits),
+    )
+
+
+def g_step(t: Trainer, n: int) -> None:
+    """-D(G(z)) through the augmentation and the frozen feature network; D's weights get no grad."""
+    t.D.discs.requires_grad_(False)
+    try:
+        with _autocast(t):
+            loss = g_loss(t.D_fwd(_prep(t, t.G_fwd(_latents(t, n)))))
+        t.opt_G.zero_grad(set_to_none=True)
+        t.scaler_G.scale(loss).backward()
+    finally:
+        t.D.discs.requires_grad_(True)
+    dist.all_reduce_grads(t.opt_G.param_groups[0]["params"], t.rt)
+    t.scaler_G.step(t.opt_G)
+    t.scaler_G.update()
+    _accumulate(t, loss_G=loss)
+
+
+def train_step(t: Trainer, reals: torch.Tensor, cur_nimg: int) -> int:
+    """One D step, one G step, one EMA update. Returns the new image count (global batch added)."""
+    d_step(t, reals)
+    g_step(t, reals.shape[0])
+    cur_nimg += t.cfg.batch
+    beta = ema_beta(t.cfg.batch, cur_nimg, t.cfg.ema_half_life_kimg, t.cfg.ema_rampup)
+    update_ema(t.G_ema, t.G, beta)
+    t.steps_in_stats += 1
+    return cur_nimg
+
+
+def pop_stats(t: Trainer) -> dict[str, float]:
+    """Mean losses and logits since the last call (one host sync per tick, not per step)."""
+    n = max(t.steps_in_stats, 1)
+    keys = sorted(t.stats)
+    if not keys:
+        return {}
+    values = torch.stack([t.stats[k] for k in keys]) / n
+    if t.rt.world > 1:  # every rank's batch counts
+        torch.distributed.all_reduce(values)
+        values /= t.rt.world
+    out = {k: round(float(v), 5) for k, v in zip(keys, values.tolist(), strict=True)}
+    t.stats, t.steps_in_stats = {}, 0
+    return out
+
+
+# ---------------------------------------------------------------- resume state
+
+
+def state_dict(t: Trainer) -> dict:
+    """Tensors, numbers, strings, dicts and lists only: ``torch.load(weights_only=True)`` reads it."""
+    return {
+        "format": STATE_FORMAT,
+        "G": t.G.state_dict(),
+        "G_ema": t.G_ema.state_dict(),
+        "D": t.D.state_dict(),  # includes the backbone and its random projections
+        "opt_G": t.opt_G.state_dict(),
+        "opt_D": t.opt_D.state_dict(),
+        "scaler_G": t.scaler_G.state_dict(),
+        "scaler_D": t.scaler_D.state_dict(),
+    }
+
+
+def load_state_dict(t: Trainer, state: dict) -> None:
+    if state.get("format") != STATE_FORMAT:
+        from projgan.errors import UserError
+
+        raise UserError("the resume state is not a projgan training state", "move training-state.pt away to restart")
+    try:
+        t.G.load_state_dict(state["G"])
+        t.G_ema.load_state_dict(state["G_ema"])
+        t.D.load_state_dict(state["D"])
+        t.opt_G.load_state_dict(state["opt_G"])
+        t.opt_D.load_state_dict(state["opt_D"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        from projgan.errors import UserError
+
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"the resume state does not match the requested model ({first})",
+            "resume with the options the run was started with, or use a new --out",
+        ) from None
+    if state.get("scaler_G"):
+        t.scaler_G.load_state_dict(state["scaler_G"])
+    if state.get("scaler_D"):
+        t.scaler_D.load_state_dict(state["scaler_D"])
