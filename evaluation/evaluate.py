@@ -25,6 +25,8 @@ from projgan.evaluation.reference import load_reference_images
 from projgan.generator import sample_latents
 
 console = Console()
+if not console.is_terminal:  # logs and pipes: wide enough that the table never truncates
+    console = Console(width=max(console.width, 120))
 EVAL_JSONL = "evaluation.jsonl"
 
 
@@ -82,7 +84,7 @@ def evaluate(cfg: EvalConfig, extractor=None, cache_dir: str | Path | None = Non
     device = resolve_device(cfg.device)
     if extractor is None:  # before anything slow: offline without weights fails within a second
         extractor = M.load_extractor(cfg.inception_weights, device)
-    backend = load_backend(cfg.source, cfg.backend, cfg.device, getattr(cfg, "precision", "auto"))
+    backend = load_backend(cfg.source, cfg.backend, cfg.device, cfg.precision)
     try:
         batch = max(1, min(cfg.batch, backend.max_batch))
         if not backend.resolution:  # an ONNX file with a dynamic output shape: learn it from one image
@@ -135,6 +137,9 @@ def print_rows(rows: list[dict[str, Any]], caption: str = "") -> None:
             str(r["num_images"]), str(r["num_reals"]), f"{r['seconds']:.1f}",
         )
     console.print(table)
+    if rows and rows[0]["num_images"] < 10000:
+        console.print("[dim]FID is biased upward at small --num-images: compare values only at equal counts "
+                      "(published FIDs use 50k generated images).[/]")
     if rows and not rows[0]["extractor"].startswith("clean-fid:"):
         console.print(f"[yellow]note:[/] features from {rows[0]['extractor']}, not Inception: "
                       "numbers are not comparable with published FIDs")

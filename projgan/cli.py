@@ -255,6 +255,7 @@ def evaluate(
     backend: str = typer.Option("auto", help="auto | torch | onnxruntime | tensorrt."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     batch: int = typer.Option(32, help="Generation batch size."),
+    precision: str = typer.Option("auto", help="Torch backend precision: auto | fp32 | bf16 | fp16."),
     inception_weights: str = typer.Option("", help="Local clean-fid Inception weights file."),
     out: str = typer.Option("", help="JSONL file to append results to."),
 ):
@@ -269,6 +270,7 @@ def evaluate(
         backend=backend,
         device=device,
         batch=batch,
+        precision=precision,
         inception_weights=inception_weights,
         out=out,
     )
@@ -297,6 +299,9 @@ def bench(
     """Throughput, latency percentiles and FLOPs per backend and batch size."""
     from projgan.config import BenchConfig
 
+    if train_mode:
+        _bench_training(source, device, warmup, repeats, out)
+        return
     cfg = BenchConfig(
         source=source,
         backends=tuple(b for b in backends.split(",") if b),
@@ -310,6 +315,32 @@ def bench(
     from projgan.evaluation.bench import bench as run_bench
 
     run_bench(cfg)
+
+
+def _bench_training(source: str, device: str, warmup: int, repeats: int, out: str) -> None:
+    """`bench --train`: seconds per kimg of the run's own training config (no data needed)."""
+    import dataclasses
+    import json
+
+    from projgan import artifacts
+    from projgan.config import TrainConfig
+
+    path = Path(source) / artifacts.TRAIN_CONFIG if Path(source).is_dir() else Path(source)
+    try:
+        cfg = TrainConfig.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as e:
+        raise UserError(f"cannot read a training config from {path}: {e}", "pass a run directory (runs/NAME)") from None
+    cfg = dataclasses.replace(cfg, device=device, metrics=())
+    if cfg.backbone_weights == "pretrained":
+        cfg = dataclasses.replace(cfg, backbone_weights="none")  # speed does not depend on the weights' values
+    from projgan.train.bench import bench_training
+
+    result = {"command": "pipeline " + " ".join(sys.argv[1:]), "source": str(path),
+              **bench_training(cfg, steps=repeats, warmup=warmup)}
+    text = json.dumps(result, indent=2, default=str)
+    print(text)
+    if out:
+        artifacts.atomic_write_text(out, text + "\n")
 
 
 @app.command(

@@ -186,6 +186,7 @@ class EvalConfig:
     backend: str = "auto"
     device: str = "auto"
     batch: int = 32
+    precision: str = "auto"  # torch backend only
     inception_weights: str = ""
     out: str = ""  # JSONL file the rows are appended to; default: evaluation.jsonl beside the source
 

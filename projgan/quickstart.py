@@ -43,6 +43,7 @@ def proxy_extractor():
             x = torch.nn.functional.interpolate(x.float() / 127.5 - 1, size=(64, 64), mode="bilinear", antialias=True)
             return net(x)
 
+    extract.identity = "quickstart-random-proxy-v1"  # stable key for the reference-statistics cache
     return extract
 
 

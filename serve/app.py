@@ -24,6 +24,7 @@ from projgan.errors import UserError
 from projgan.generator import sample_latents, slerp
 from projgan.serve import images as enc
 from projgan.serve.batcher import Batcher, BatcherClosed, QueueFull
+from projgan.serve.limits import BodyLimit
 from projgan.serve.schemas import (
     MAX_SEED,
     ErrorOut,
@@ -138,58 +139,6 @@ class Server:
 
 def _png_list(images: np.ndarray) -> list[bytes]:
     return [enc.png(im) for im in images]
-
-
-class BodyLimit:
-    """ASGI middleware: 413 for bodies over the limit, by Content-Length and by the bytes really sent."""
-
-    def __init__(self, app, limit: int, ui_limit: int):
-        self.app, self.limit, self.ui_limit = app, limit, ui_limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope["headers"])
-        length, chunked = headers.get(b"content-length"), b"transfer-encoding" in headers
-        if length is None and not chunked:  # no body (GETs, Gradio's event stream): pass straight on
-            return await self.app(scope, receive, send)
-        path = scope.get("path", "")
-        limit = self.ui_limit if path == "/ui" or path.startswith("/ui/") else self.limit
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            return await _reject(send, limit)
-        chunks, total = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body = message.get("body", b"")
-            total += len(body)
-            if total > limit:
-                return await _reject(send, limit)
-            chunks.append(body)
-            if not message.get("more_body", False):
-                break
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-
-        await self.app(scope, replay, send)
-
-
-async def _reject(send, limit: int) -> None:
-    body = json.dumps({"error": f"request body larger than {limit} bytes"}).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close"),
-    ]
-    await send({"type": "http.response.start", "status": 413, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 def _validation_message(errors: list[dict[str, Any]]) -> str:
@@ -383,7 +332,9 @@ def create_app(cfg: ServeConfig, backend=None):
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted connections only when the listening
+    # socket says TCP; with proto 0 Nagle stays on and keep-alive responses stall ~40 ms on delayed ACKs.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

@@ -241,8 +241,9 @@ def load_backend(
     """Open SOURCE (export dir, run dir, generator dir, .onnx or .plan file) with a backend.
 
     ``auto`` picks the fastest backend that exists here and passed parity: TensorRT, then
-    ONNX Runtime CUDA, then torch CUDA; on a CPU, torch bf16 where the CPU has AMX/AVX512-BF16
-    (measured several times faster than ONNX Runtime fp32 there), else ONNX Runtime CPU.
+    ONNX Runtime CUDA, then torch CUDA; on a CPU, ONNX Runtime fp32 (measured fastest at batch 1
+    on our CPU machines, benchmarks/cpu_generator256.json), then torch (bf16 where the CPU has
+    AMX/AVX512-BF16 and the bf16 self-check passes).
     """
     device = resolve_device(device)
     src = Path(source)
@@ -281,7 +282,7 @@ def load_backend(
         if device == "cuda":
             candidates = ["tensorrt", "onnxruntime", "torch"]
         else:
-            candidates = ["torch", "onnxruntime"] if cpu_has_fast_bf16() else ["onnxruntime", "torch"]
+            candidates = ["onnxruntime", "torch"]
     reasons = []
     for name in candidates:
         if name == "tensorrt":

@@ -43,6 +43,9 @@ def ssim(a: np.ndarray, b: np.ndarray, sigma: float = 1.5) -> np.ndarray:
 
     Gaussian window (sigma 1.5, truncated at 3.5 sigma: 11x11), K1 = 0.01, K2 = 0.03, data range
     255, population statistics, border of one window radius dropped; mean over pixels and channels.
+    Matches scikit-image's ``structural_similarity(gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False, data_range=255, channel_axis=-1)`` to 1e-15 (checked where it is
+    installed; it is not a dependency).
     """
     from scipy.ndimage import gaussian_filter
 

@@ -18,7 +18,7 @@ def background_server(app, host: str = "127.0.0.1", port: int = 0, ready_timeout
     """Serve ``app`` until the block exits; yields the base URL once ``/readyz`` answers 200."""
     import uvicorn
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY: see app._bind
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     url = f"http://{host}:{sock.getsockname()[1]}"

@@ -75,3 +75,15 @@ def test_backend_selection(tiny):
         B._select(variants, ("tensorrt",))
     with pytest.raises(UserError):
         B.bench(BenchConfig(source=str(gen), train=True))
+
+
+def test_bench_metrics_and_plots_import_with_torch_alone():
+    import subprocess
+    import sys
+
+    code = ("import sys, projgan.evaluation.bench, projgan.evaluation.metrics, projgan.evaluation.plots\n"
+            "print(' '.join(sys.modules))")
+    mods = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+    heavy = {"onnxruntime", "onnx", "matplotlib", "cleanfid", "torchvision", "timm", "fastapi", "gradio"}
+    assert not {m.split(".")[0] for m in mods} & heavy
+    assert not any(m.startswith("projgan.train") for m in mods)

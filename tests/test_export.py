@@ -219,3 +219,13 @@ def test_cli_broken_weights_fail_parity_with_exit_1(tmp_path):
     with pytest.raises(UserError, match="no usable backend"):
         load_backend(out, device="cpu")
     assert load_backend(out, backend="onnxruntime", device="cpu", force=True).name == "onnxruntime"
+
+
+def test_nearly_constant_reference_is_flagged(tmp_path, capsys):
+    """A random-init generator's flat output inflates PSNR: the certificate says so beside the std."""
+    src = make_generator(tmp_path / "generator", target_std=0.02)
+    out = tmp_path / "exp"
+    assert export(ExportConfig(source=str(src), out=str(out), parity_seeds=2))
+    ref = artifacts.read_manifest(out)["parity"]["torch-fp32"]
+    assert ref["ref_std"] < 0.1 and "nearly constant" in ref["reason"]
+    assert "nearly constant" in capsys.readouterr().out

@@ -197,8 +197,8 @@ def _fake_inception(path):
             super().__init__()
             self.conv = torch.nn.Conv2d(3, 2048, 1)
 
-        def forward(self, x):
-            return torch.nn.functional.adaptive_avg_pool2d(self.conv(x), 1)
+        def forward(self, x):  # pool first: a 2048-channel map at 299 px would need ~1 GB per image
+            return self.conv(torch.nn.functional.adaptive_avg_pool2d(x, 1))
 
     class Base(torch.nn.Module):
         def __init__(self):

@@ -65,7 +65,7 @@ def bench_training(cfg: TrainConfig, steps: int = 10, warmup: int = 3) -> dict:
         "steps": steps,
         "warmup": warmup,
         "precision": t.precision,
-        "channels_last": cfg.channels_last,
+        "channels_last": t.channels_last,  # off under --compile (inductor chooses layouts)
         "compile": cfg.compile,
         "batch": cfg.batch,
         "resolution": res,

@@ -82,16 +82,16 @@ def _rng_state(device: torch.device) -> dict:
                   "has_gauss": int(has_gauss), "cached": float(cached)},
     }
     if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
+        state["cuda"] = torch.cuda.get_rng_state(device).cpu()
     return state
 
 
 def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
 class _Run:
@@ -126,7 +126,8 @@ class _Run:
                     f"{self.out} holds a run with different {', '.join(changed)}",
                     "use the same options to resume, or a new --out to start another run",
                 )
-        return artifacts.load_training_state(path, map_location=self.rt.device)
+        # On the CPU: RNG states must stay CPU tensors; load_state_dict copies weights to the device.
+        return artifacts.load_training_state(path, map_location="cpu")
 
     def setup(self) -> bool:
         cfg, rt = self.cfg, self.rt

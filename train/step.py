@@ -46,6 +46,7 @@ class Trainer:
     scaler_D: torch.amp.GradScaler
     precision: str
     policy: tuple[str, ...]
+    channels_last: bool = True
     G_fwd: nn.Module = None
     D_fwd: nn.Module = None
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -77,7 +78,10 @@ def build(cfg: TrainConfig, rt: dist.Runtime, backbone_weights: str | None = Non
             cfg.backbone, backbone_weights, cfg.projection, backbone_resolution(cfg), seed=cfg.seed + 1
         )
         D = ProjectedDiscriminator(feats, cfg.num_discs)
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    # Under torch.compile, inductor picks conv layouts itself; hand-set channels_last there made
+    # torch 2.11's inductor assert on a conv-backward stride (D frozen in the G step) on an H100.
+    channels_last = cfg.channels_last and not cfg.compile
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     G = G.to(rt.device, memory_format=fmt).train()
     D = D.to(rt.device, memory_format=fmt).train()
     dist.broadcast_module(G, rt)
@@ -91,7 +95,7 @@ def build(cfg: TrainConfig, rt: dist.Runtime, backbone_weights: str | None = Non
         cfg=cfg, rt=rt, G=G, G_ema=G_ema, D=D, opt_G=opt_G, opt_D=opt_D,
         scaler_G=torch.amp.GradScaler(rt.device.type, enabled=fp16),
         scaler_D=torch.amp.GradScaler(rt.device.type, enabled=fp16),
-        precision=precision, policy=parse_policy(cfg.augment),
+        precision=precision, policy=parse_policy(cfg.augment), channels_last=channels_last,
     )
     t.G_fwd, t.D_fwd = (torch.compile(G), torch.compile(D)) if cfg.compile else (G, D)
     return t
@@ -108,7 +112,7 @@ def _latents(t: Trainer, n: int) -> torch.Tensor:
 
 def _prep(t: Trainer, x: torch.Tensor) -> torch.Tensor:
     x = diff_augment(x, t.policy) if t.policy else x
-    return x.contiguous(memory_format=torch.channels_last) if t.cfg.channels_last else x
+    return x.contiguous(memory_format=torch.channels_last) if t.channels_last else x
 
 
 def _accumulate(t: Trainer, **values: torch.Tensor) -> None:
