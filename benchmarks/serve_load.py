@@ -6,7 +6,7 @@ In one run on one machine:
   3. single-image latency with no load (sequential requests), p50/p99, against raw batch-1.
 Targets (issue 4): served >= 85 % of raw; single-image p50 within 5 ms of raw batch-1.
 
-    .venv/bin/python benchmarks/serve_load.py --out benchmarks/serve_load_cpu_64px.json
+    .venv/bin/python benchmarks/serve_load.py --out benchmarks/serve_load/NAME.json
 
 Without --source a random-weight generator is built (speed does not depend on the weights).
 """
@@ -19,6 +19,7 @@ import os
 import platform
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -84,51 +85,81 @@ async def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180.0) -
     raise TimeoutError("server never became ready")
 
 
-async def served_throughput(url: str, clients: int, per_request: int, warmup: float, seconds: float, fmt: str):
+async def throughput_rounds(url: str, backend, args) -> dict:
+    """Alternate raw and served phases, so a busy neighbour slows both alike; return paired numbers.
+
+    Served: ``clients`` closed-loop HTTP clients, each asking ``images_per_request`` images per request.
+    Raw: ``backend.generate`` at the max batch in this process while the clients are paused.
+    """
     import httpx
 
+    gate, counting = asyncio.Event(), [False]
     done = {"images": 0, "requests": 0, "errors": 0}
-    lat: list[float] = []
-    measuring = asyncio.Event()
-    stop_at = [float("inf")]
+    inflight, lat = [0], []
 
     async def client(k: int, c):
         seed = k * 1_000_000
-        while time.perf_counter() < stop_at[0]:
-            body = {"n": per_request, "seed": seed, "format": fmt}
-            seed += per_request
+        while True:
+            await gate.wait()
+            body = {"n": args.images_per_request, "seed": seed, "format": args.format}
+            seed += args.images_per_request
+            inflight[0] += 1
             t0 = time.perf_counter()
             r = await c.post("/v1/generate", json=body)
-            if not measuring.is_set():
-                continue
-            if r.status_code == 200:
-                done["images"] += per_request
-                done["requests"] += 1
-                lat.append((time.perf_counter() - t0) * 1e3)
-            else:
-                done["errors"] += 1
+            inflight[0] -= 1
+            if counting[0]:
+                if r.status_code == 200:
+                    done["images"] += args.images_per_request
+                    done["requests"] += 1
+                    lat.append((time.perf_counter() - t0) * 1e3)
+                else:
+                    done["errors"] += 1
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    rounds, raw_ips, served_ips = [], [], []
+    limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as c:
-        tasks = [asyncio.create_task(client(k, c)) for k in range(clients)]
-        await asyncio.sleep(warmup)
-        m0 = parse_metrics((await c.get("/metrics")).text)
-        measuring.set()
-        t0 = time.perf_counter()
-        stop_at[0] = t0 + seconds
-        await asyncio.gather(*tasks)
-        dt = time.perf_counter() - t0  # includes the requests in flight at the end
-        m1 = parse_metrics((await c.get("/metrics")).text)
+        tasks = [asyncio.create_task(client(k, c)) for k in range(args.clients)]
+        m_start = None
+        for i in range(args.rounds):
+            gate.clear()
+            while inflight[0]:
+                await asyncio.sleep(0.005)
+            raw = raw_throughput(backend, args.max_batch, args.seconds)  # blocks the loop: clients are paused
+            gate.set()
+            await asyncio.sleep(1.0)  # clients ramp up; not counted
+            m0 = parse_metrics((await c.get("/metrics")).text)
+            m_start = m_start or m0
+            images0, t0 = done["images"], time.perf_counter()
+            counting[0] = True
+            await asyncio.sleep(args.seconds)
+            counting[0] = False
+            dt = time.perf_counter() - t0
+            m1 = parse_metrics((await c.get("/metrics")).text)
+            served = (done["images"] - images0) / dt
+            rounds.append(
+                {"raw_images_per_s": raw["images_per_s"], "served_images_per_s": served, **batch_stats(m0, m1, dt)}
+            )
+            raw_ips.append(raw["images_per_s"])
+            served_ips.append(served)
+            print(f"  round {i}: raw {raw['images_per_s']:.1f}, served {served:.1f} img/s", flush=True)
+        gate.clear()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     return {
-        "clients": clients,
-        "images_per_request": per_request,
-        "format": fmt,
-        "seconds": dt,
+        "clients": args.clients,
+        "images_per_request": args.images_per_request,
+        "format": args.format,
+        "seconds_per_phase": args.seconds,
+        "rounds": rounds,
+        "raw_images_per_s": statistics.median(raw_ips),
+        "served_images_per_s": statistics.median(served_ips),
+        "served_over_raw_median_of_rounds": statistics.median(
+            [s / r for s, r in zip(served_ips, raw_ips, strict=True)]
+        ),
         **done,
-        "images_per_s": done["images"] / dt,
         "request_p50_ms": percentile(lat, 50) if lat else None,
         "request_p99_ms": percentile(lat, 99) if lat else None,
-        **batch_stats(m0, m1, dt),
     }
 
 
@@ -213,9 +244,10 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--images-per-request", type=int, default=1)
     p.add_argument("--format", default="npy", choices=["npy", "png", "zip"])
-    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--seconds", type=float, default=4.0, help="length of each raw and each served phase")
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--latency-calls", type=int, default=200)
-    p.add_argument("--out", default="benchmarks/serve_load.json")
+    p.add_argument("--out", default="benchmarks/serve_load/latest.json")
     args = p.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="serve_load_"))
@@ -230,35 +262,22 @@ def main() -> None:
     result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine(), "model": desc}
 
     backend.warmup([1, args.max_batch])
-    raw_before = raw_throughput(backend, args.max_batch, args.seconds / 2)
-    print(f"raw: {raw_before['images_per_s']:.1f} img/s at batch {args.max_batch}", flush=True)
-
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = start_server(args, source, port)
     try:
         asyncio.run(wait_ready(url, proc))
-        served = asyncio.run(
-            served_throughput(url, args.clients, args.images_per_request, 3.0, args.seconds, args.format)
-        )
-        print(
-            f"served: {served['images_per_s']:.1f} img/s, mean batch {served['mean_batch']:.1f}, "
-            f"backend {served['backend_ms_per_batch']:.1f} ms/batch, busy {served['backend_busy_fraction']:.0%}",
-            flush=True,
-        )
+        tp = asyncio.run(throughput_rounds(url, backend, args))
         single = asyncio.run(single_latency(url, backend, args.latency_calls))
         for k, v in single.items():
             print(f"single image, no load, {k}: p50 {v['p50_ms']:.2f} ms, p99 {v['p99_ms']:.2f} ms")
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
-    raw_after = raw_throughput(backend, args.max_batch, args.seconds / 2)
-    raw = (raw_before["images_per_s"] + raw_after["images_per_s"]) / 2
-    ratio = served["images_per_s"] / raw
+    ratio = tp["served_over_raw_median_of_rounds"]
     gap = single["post_npy"]["p50_ms"] - single["raw_batch1"]["p50_ms"]
     result.update(
-        raw={"before": raw_before, "after": raw_after, "images_per_s": raw},
-        served=served,
+        throughput=tp,
         single_image_no_load=single,
         targets={
             "served_over_raw": ratio,
@@ -268,9 +287,10 @@ def main() -> None:
             "png_route_p50_minus_raw_batch1_ms": single["get_png"]["p50_ms"] - single["raw_batch1"]["p50_ms"],
         },
         notes="Closed-loop clients in this process (httpx), server in a child process (`pipeline serve`, access "
-        "log on); both share the machine's cores. Throughput measured with the npy format unless --format says "
-        "otherwise. Single-image latency: raw batch-1 calls and HTTP requests interleaved one by one, so both "
-        "see the same load. The machine may be shared with other processes: see loadavg.",
+        "log on); both share the machine's cores. Raw and served throughput alternate in rounds (paired, so a "
+        "busy neighbour slows both alike); the ratio is the median over rounds. Throughput uses the npy format "
+        "unless --format says otherwise. Single-image latency: raw batch-1 calls and HTTP requests interleaved "
+        "one by one. The machine may be shared with other processes: see loadavg.",
     )
     result["machine"]["loadavg_end"] = os.getloadavg()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -82,10 +82,12 @@ def evaluate(cfg: EvalConfig, extractor=None, cache_dir: str | Path | None = Non
 
     t0 = time.time()
     device = resolve_device(cfg.device)
-    if extractor is None:  # before anything slow: offline without weights fails within a second
-        extractor = M.load_extractor(cfg.inception_weights, device)
+    # A damaged source is refused first (reading it takes seconds at most), then the Inception weights,
+    # both before anything slow: offline without weights fails within a second.
     backend = load_backend(cfg.source, cfg.backend, cfg.device, cfg.precision)
     try:
+        if extractor is None:
+            extractor = M.load_extractor(cfg.inception_weights, device)
         batch = max(1, min(cfg.batch, backend.max_batch))
         if not backend.resolution:  # an ONNX file with a dynamic output shape: learn it from one image
             backend.generate(sample_latents([0], backend.z_dim))

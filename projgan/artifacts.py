@@ -163,6 +163,7 @@ def save_generator(dest: str | Path, G: torch.nn.Module, meta: dict[str, Any] | 
     def build(tmp: Path):
         save_file(state, str(tmp / WEIGHTS))
         with open(tmp / WEIGHTS, "rb+") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # safetensors creates it 0600
             os.fsync(f.fileno())
         atomic_write_json(tmp / CONFIG_JSON, config)
 

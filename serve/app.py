@@ -222,6 +222,8 @@ def create_app(cfg: ServeConfig, backend=None):
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400 and request.method == "POST":  # FastAPI's "error parsing the body" (not UTF-8)
+            return JSONResponse({"error": "request body is not valid UTF-8 JSON"}, status_code=422)
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)

@@ -9,8 +9,14 @@ import sys
 import time
 
 import httpx
+import pytest
 
 from tests.conftest import make_generator
+
+
+@pytest.fixture(scope="module")
+def gen(tmp_path_factory):
+    return make_generator(tmp_path_factory.mktemp("cli") / "generator")
 
 
 def free_port() -> int:
@@ -19,8 +25,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_pipeline_serve_logs_its_choice_serves_and_stops_cleanly(tmp_path):
-    gen = make_generator(tmp_path / "generator")
+def test_pipeline_serve_logs_its_choice_serves_and_stops_cleanly(gen):
     port = free_port()
     cmd = [sys.executable, "-m", "projgan", "serve", str(gen), "--port", str(port), "--no-ui", "--max-batch", "4"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -45,8 +50,7 @@ def test_pipeline_serve_logs_its_choice_serves_and_stops_cleanly(tmp_path):
     assert "Traceback" not in out
 
 
-def test_port_in_use_is_one_clear_line(tmp_path):
-    gen = make_generator(tmp_path / "generator")
+def test_port_in_use_is_one_clear_line(gen):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

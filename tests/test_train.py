@@ -181,6 +181,8 @@ def test_train_writes_the_run_directory_and_resumes(tmp_path):
     assert state["counters"]["cur_nimg"] == 8
     assert {"G", "G_ema", "D", "opt_G", "opt_D", "rng"} <= set(state)
     assert not list(run.glob(".*tmp*"))
+    for f in (run / artifacts.GENERATOR_DIR / artifacts.WEIGHTS, run / artifacts.METRICS, run / artifacts.TRAINING_STATE):
+        assert f.stat().st_mode & 0o044, f"{f} is not readable by group/others"  # e.g. a server running as another user
 
     # A row newer than the state (written after the last snapshot of a killed run) is dropped on resume.
     artifacts.append_jsonl(run / artifacts.METRICS, {"kind": "tick", "tick": 3, "kimg": 0.012, "wall": 1.0})
