@@ -1,9 +1,10 @@
 """Serving benchmark: what the HTTP server delivers against what the backend alone can do.
 
-In one run on one machine:
-  1. raw backend throughput at the max batch, and raw batch-1 latency (this process, no HTTP);
-  2. served throughput under N concurrent closed-loop HTTP clients (a real `pipeline serve` process);
-  3. single-image latency with no load (sequential requests), p50/p99, against raw batch-1.
+In one run on one machine, with a real `pipeline serve` child process:
+  1. throughput, in alternating rounds: raw ``backend.generate`` at the max batch in this process, then
+     N concurrent closed-loop HTTP clients (paired rounds, so a busy neighbour slows both alike);
+  2. single-image latency with no load: a raw batch-1 call, a ``POST /v1/generate`` (npy) and a
+     ``GET /v1/images/{seed}.png``, interleaved call by call; p50/p99 of each.
 Targets (issue 4): served >= 85 % of raw; single-image p50 within 5 ms of raw batch-1.
 
     .venv/bin/python benchmarks/serve_load.py --out benchmarks/serve_load/NAME.json

@@ -90,15 +90,15 @@ def quickstart(out: str = "runs/quickstart", minutes: float = 2.5, serve: bool =
         out=str(run),
         generator=GeneratorConfig(resolution=64, ngf=32),
         batch=16,
-        kimg=1000,
+        kimg=3,
         max_minutes=minutes,
         backbone_weights=weights,
         backbone_resolution=128,
         tick_kimg=0.1,
         snapshot_ticks=3,
-        fid_every=0.3,
-        fid_images=500,
-        sample_seeds=32,
+        fid_every=0.1,
+        fid_images=256,
+        sample_seeds=36,
     )
     from projgan.train.loop import train
 

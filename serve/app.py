@@ -12,6 +12,7 @@ import hmac
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -124,7 +125,7 @@ class Server:
             "kimg": meta.get("kimg"),
             "fid": meta.get("fid"),
             "parity": d.get("parity"),
-            "source": self.cfg.source,
+            "source": os.path.basename(os.path.normpath(self.cfg.source)),  # no server paths in a public card
             "max_batch": self.batcher.max_batch,
             "max_delay_ms": self.cfg.max_delay_ms,
             "limits": Limits(
@@ -347,6 +348,16 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
 def run(cfg: ServeConfig) -> None:
     """``pipeline serve``: load the backend (errors are one clear line), then serve until Ctrl-C."""
     import uvicorn
@@ -380,10 +391,16 @@ def run(cfg: ServeConfig) -> None:
         url = f"http://{'[' + cfg.host + ']' if ':' in cfg.host else cfg.host}:{port}"
         log.info("serving at %s  (%sAPI docs %s/docs)", url, f"UI {url}/ui, " if cfg.ui else "", url)
         config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=30, proxy_headers=False)
+        # uvicorn re-raises the stop signal after its graceful shutdown; with SIGTERM's default handler that
+        # would kill the process before the backend is closed (exit -15). Treat SIGTERM like Ctrl-C instead.
+        previous = signal.signal(signal.SIGTERM, _interrupt) if _main_thread() else None
         try:
             uvicorn.Server(config).run(sockets=[sock])
-        except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown: that is a clean stop
+        except KeyboardInterrupt:  # uvicorn re-raises the signal after its graceful shutdown: a clean stop
             log.info("stopped")
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
     finally:
         backend.close()
         sock.close()

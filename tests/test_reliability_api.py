@@ -110,8 +110,13 @@ def fuzz(url: str, examples_per_operation: int, seed: int = 0) -> Counter:
         status_code_conformance,
     )
 
-    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
-              response_schema_conformance]
+    checks = [
+        not_a_server_error,
+        status_code_conformance,
+        content_type_conformance,
+        response_headers_conformance,
+        response_schema_conformance,
+    ]
     schema = schemathesis.openapi.from_url(url + "/openapi.json")
     statuses: Counter = Counter()
     failures: list[str] = []
@@ -123,8 +128,14 @@ def fuzz(url: str, examples_per_operation: int, seed: int = 0) -> Counter:
             op = result.ok()
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
-                @settings(max_examples=examples_per_operation, deadline=None, derandomize=False, database=None,
-                          phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+                @settings(
+                    max_examples=examples_per_operation,
+                    deadline=None,
+                    derandomize=False,
+                    database=None,
+                    phases=[Phase.explicit, Phase.generate],
+                    suppress_health_check=list(HealthCheck),
+                )
                 @hypothesis.seed(seed)
                 @hypothesis.given(case=op.as_strategy(generation_mode=mode))
                 def one(case):
@@ -133,7 +144,7 @@ def fuzz(url: str, examples_per_operation: int, seed: int = 0) -> Counter:
                     try:
                         case.validate_response(response, checks=checks)
                     except Exception as e:  # collect, so one run reports every distinct failure
-                        failures.append(f"{op.label} {mode.value}: {type(e).__name__}: {str(e)[:400]}")
+                        failures.append(f"{op.label} {mode.value}: {type(e).__name__}: {str(e)[:400]}")  # noqa: B023
 
                 try:
                     one()
@@ -169,9 +180,9 @@ def test_serve_binds_loopback_by_default():
     from projgan.config import ServeConfig
 
     assert ServeConfig(source="x").host == "127.0.0.1"
-    from projgan.cli import serve
-
     import inspect
+
+    from projgan.cli import serve
 
     assert inspect.signature(serve).parameters["host"].default.default == "127.0.0.1"
 
@@ -195,9 +206,19 @@ def _non_loopback_ip() -> str | None:
 
 
 def test_request_paths_never_reach_the_filesystem(server):
-    probes = ["/v1/images/../../etc/passwd.png", "/v1/images/..%2F..%2Fetc%2Fpasswd.png", "/v1/images/%2e%2e/x.png",
-              "/v1/images/-1.png", "/v1/images/1e3.png", "/v1/images/4294967296.png", "/etc/passwd", "/../pyproject.toml",
-              "/static/../../pyproject.toml", "/ui/file=/etc/passwd", "/file=/etc/passwd"]
+    probes = [
+        "/v1/images/../../etc/passwd.png",
+        "/v1/images/..%2F..%2Fetc%2Fpasswd.png",
+        "/v1/images/%2e%2e/x.png",
+        "/v1/images/-1.png",
+        "/v1/images/1e3.png",
+        "/v1/images/4294967296.png",
+        "/etc/passwd",
+        "/../pyproject.toml",
+        "/static/../../pyproject.toml",
+        "/ui/file=/etc/passwd",
+        "/file=/etc/passwd",
+    ]
     with httpx.Client(base_url=server.url, timeout=10) as c:
         for p in probes:
             r = c.get(p)
@@ -233,8 +254,11 @@ def test_api_key_guards_generation_routes_and_not_healthz(gen):
     key = "s3cret-key-123"
     with ServerProc(gen, "--backend", "torch", "--max-batch", "4", env={"PROJGAN_API_KEY": key}) as s:
         with httpx.Client(base_url=s.url, timeout=30) as c:
-            routes = [("POST", "/v1/generate", {"seeds": [1]}), ("GET", "/v1/images/3.png", None),
-                      ("POST", "/v1/interpolate", {"from": 1, "to": 2, "steps": 2, "format": "zip"})]
+            routes = [
+                ("POST", "/v1/generate", {"seeds": [1]}),
+                ("GET", "/v1/images/3.png", None),
+                ("POST", "/v1/interpolate", {"from": 1, "to": 2, "steps": 2, "format": "zip"}),
+            ]
             for method, path, body in routes:
                 for headers in ({}, {"X-API-Key": "wrong"}, {"X-API-Key": key[:-1]}, {"X-API-Key": key + "x"}):
                     r = c.request(method, path, json=body, headers=headers)

@@ -30,8 +30,9 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
 
 
 def pipeline(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "projgan", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=ENV)
+    return subprocess.run(
+        [sys.executable, "-m", "projgan", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=ENV
+    )
 
 
 def assert_clear_error(res: subprocess.CompletedProcess, *needles: str) -> None:
@@ -94,16 +95,29 @@ def _damaged_generators(root: Path, gen: Path) -> dict[str, Path]:
     return out
 
 
-ONNX_CASES = ("truncated.onnx", "zero.onnx", "random.onnx", "text.onnx", "zero.plan", "random.plan",
-              "onnx-as-engine.engine")
+ONNX_CASES = (
+    "truncated.onnx",
+    "zero.onnx",
+    "random.onnx",
+    "text.onnx",
+    "zero.plan",
+    "random.plan",
+    "onnx-as-engine.engine",
+)
 
 
 def _damaged_models(tmp_path: Path, export_dir: Path) -> dict[str, Path]:
     blob = (export_dir / "generator.onnx").read_bytes()
     rng = np.random.default_rng(2)
-    data = {"truncated.onnx": blob[: len(blob) // 3], "zero.onnx": b"", "random.onnx": rng.bytes(2048),
-            "text.onnx": b"this is not a model\n", "zero.plan": b"", "random.plan": rng.bytes(2048),
-            "onnx-as-engine.engine": blob}
+    data = {
+        "truncated.onnx": blob[: len(blob) // 3],
+        "zero.onnx": b"",
+        "random.onnx": rng.bytes(2048),
+        "text.onnx": b"this is not a model\n",
+        "zero.plan": b"",
+        "random.plan": rng.bytes(2048),
+        "onnx-as-engine.engine": blob,
+    }
     for name, b in data.items():
         (tmp_path / name).write_bytes(b)
     return {name: tmp_path / name for name in ONNX_CASES}
@@ -115,12 +129,12 @@ def test_every_damaged_file_is_a_user_error_in_process(good, tmp_path):
     from projgan.errors import UserError
     from projgan.serve.backends import load_backend
 
-    for name, d in _damaged_generators(tmp_path / "g", good["gen"]).items():
+    for d in _damaged_generators(tmp_path / "g", good["gen"]).values():
         with pytest.raises(UserError):
             load_backend(str(d), "torch", "cpu", "auto", False)
         with pytest.raises(UserError):
             artifacts.load_generator(d)
-    for name, f in _damaged_models(tmp_path, good["export"]).items():
+    for f in _damaged_models(tmp_path, good["export"]).values():
         with pytest.raises(UserError):
             load_backend(str(f), "auto", "auto", "auto", False)
 
@@ -135,7 +149,7 @@ def test_damaged_files_through_the_cli_are_one_line_exit_2(good, tmp_path):
         "export/config-garbage": ("export", gens["config-garbage"], "--out", tmp_path / "never", "--no-tensorrt"),
         "evaluate/truncated.onnx": ("evaluate", models["truncated.onnx"], "--data", good["data"], "--metrics", "fid"),
     }
-    for name, res in run_all(cases).items():
+    for res in run_all(cases).values():
         assert_clear_error(res)
     assert not (tmp_path / "never").exists()
 
@@ -153,7 +167,7 @@ def test_full_damaged_file_matrix_through_the_cli(good, tmp_path):
         cases[f"serve/{name}"] = ("serve", f, "--no-ui", "--port", "0")
         cases[f"export/{name}"] = ("export", f, "--out", tmp_path / f"exp-{name}", "--no-tensorrt")
         cases[f"evaluate/{name}"] = ("evaluate", f, "--data", good["data"], "--metrics", "fid")
-    for name, res in run_all(cases).items():
+    for res in run_all(cases).values():
         assert_clear_error(res)
     assert not list(tmp_path.glob("exp-*"))
     print(f"{len(cases)} damaged-file CLI cases: all exit 2 with one error line")
@@ -172,10 +186,21 @@ def test_export_whose_files_do_not_match_export_json_is_refused(good, tmp_path):
     manifest = tmp_path / "bad-manifest"
     shutil.copytree(good["export"], manifest)
     (manifest / "export.json").write_text('{"format": "projgan.export", "files": ')
-    results = run_all({
-        "tampered": ("serve", tampered, "--no-ui", "--backend", "onnxruntime", "--port", "0"),
-        "tampered-eval": ("evaluate", tampered, "--backend", "onnxruntime", "--data", good["data"], "--metrics", "fid"),
-    })
+    results = run_all(
+        {
+            "tampered": ("serve", tampered, "--no-ui", "--backend", "onnxruntime", "--port", "0"),
+            "tampered-eval": (
+                "evaluate",
+                tampered,
+                "--backend",
+                "onnxruntime",
+                "--data",
+                good["data"],
+                "--metrics",
+                "fid",
+            ),
+        }
+    )
     assert_clear_error(results["tampered"], "sha256")
     assert_clear_error(results["tampered-eval"], "sha256")
     from projgan.errors import UserError
@@ -207,8 +232,27 @@ def test_malicious_training_state_is_never_unpickled(tmp_path, container):
     else:
         (run / "training-state.pt").write_bytes(pickle.dumps(state))
     data = make_images(tmp_path / "images", n=8, size=32)
-    res = pipeline("train", "--data", data, "--out", run, "--resolution", "32", "--ngf", "16", "--batch", "8",
-                   "--kimg", "0.016", "--backbone-weights", "none", "--metrics", "none", "--device", "cpu")
+    res = pipeline(
+        "train",
+        "--data",
+        data,
+        "--out",
+        run,
+        "--resolution",
+        "32",
+        "--ngf",
+        "16",
+        "--batch",
+        "8",
+        "--kimg",
+        "0.016",
+        "--backbone-weights",
+        "none",
+        "--metrics",
+        "none",
+        "--device",
+        "cpu",
+    )
     assert not marker.exists(), "the pickle's payload ran"
     assert_clear_error(res, "training-state.pt")
     # Loading it directly is refused the same way.
@@ -243,13 +287,23 @@ def _image(mode: str, w: int, h: int, seed: int):
     return Image.fromarray(a[..., 0] if len(mode) == 1 else a, mode)
 
 
-FORMATS = {"PNG": {"1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I"}, "TIFF": set(MODES), "JPEG": {"L", "RGB", "CMYK"},
-           "WEBP": {"RGB", "RGBA"}, "GIF": {"L", "P"}, "BMP": {"1", "L", "P", "RGB"}}
+FORMATS = {
+    "PNG": {"1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I"},
+    "TIFF": set(MODES),
+    "JPEG": {"L", "RGB", "CMYK"},
+    "WEBP": {"RGB", "RGBA"},
+    "GIF": {"L", "P"},
+    "BMP": {"1", "L", "P", "RGB"},
+}
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.binary(max_size=4096), prefix=st.sampled_from([b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a",
-                                                              b"RIFF\x00\x00\x00\x00WEBP", b"II*\x00", b"BM"]))
+@given(
+    data=st.binary(max_size=4096),
+    prefix=st.sampled_from(
+        [b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a", b"RIFF\x00\x00\x00\x00WEBP", b"II*\x00", b"BM"]
+    ),
+)
 def test_dataset_reader_survives_random_bytes(data, prefix):
     from projgan.train.dataset import _decode
 
@@ -258,8 +312,14 @@ def test_dataset_reader_survives_random_bytes(data, prefix):
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(mode=st.sampled_from(MODES), fmt=st.sampled_from(sorted(FORMATS)), w=st.integers(1, 80), h=st.integers(1, 80),
-       seed=st.integers(0, 2**16), cut=st.one_of(st.none(), st.floats(0.0, 1.0)))
+@given(
+    mode=st.sampled_from(MODES),
+    fmt=st.sampled_from(sorted(FORMATS)),
+    w=st.integers(1, 80),
+    h=st.integers(1, 80),
+    seed=st.integers(0, 2**16),
+    cut=st.one_of(st.none(), st.floats(0.0, 1.0)),
+)
 def test_dataset_reader_takes_odd_modes_sizes_and_truncation(mode, fmt, w, h, seed, cut):
     from projgan.train.dataset import _decode
 

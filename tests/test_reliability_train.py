@@ -27,10 +27,38 @@ KIMG = 0.096  # 12 steps of batch 8; a tick every 2 steps, a snapshot every tick
 
 
 def train_cmd(data: Path, out: Path, kimg: float = KIMG) -> list[str]:
-    return [sys.executable, "-m", "projgan", "train", "--data", str(data), "--out", str(out), "--resolution", "32",
-            "--ngf", "16", "--batch", "8", "--kimg", str(kimg), "--backbone-weights", "none", "--metrics", "none",
-            "--backbone-resolution", "64", "--tick-kimg", "0.016", "--snapshot-ticks", "1", "--device", "cpu",
-            "--seed", "3"]
+    return [
+        sys.executable,
+        "-m",
+        "projgan",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--resolution",
+        "32",
+        "--ngf",
+        "16",
+        "--batch",
+        "8",
+        "--kimg",
+        str(kimg),
+        "--backbone-weights",
+        "none",
+        "--metrics",
+        "none",
+        "--backbone-resolution",
+        "64",
+        "--tick-kimg",
+        "0.016",
+        "--snapshot-ticks",
+        "1",
+        "--device",
+        "cpu",
+        "--seed",
+        "3",
+    ]
 
 
 def state_counters(run: Path) -> dict | None:
@@ -80,12 +108,13 @@ def test_sigkill_at_random_moments_then_rerun_resumes_and_matches_uninterrupted(
     ref_counters, ref_rows = reference
     run, rng = tmp_path / "run", random.Random(int(os.environ.get("PROJGAN_KILL_SEED", "7")))
     kills, resumed_at = 0, []
-    for attempt in range(8):
+    for _attempt in range(8):
         if kills >= 4:
             break
         before = state_counters(run)
-        proc = subprocess.Popen(train_cmd(data, run), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env=ENV)
+        proc = subprocess.Popen(
+            train_cmd(data, run), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV
+        )
         # Wait for the loop to start, then kill at a random moment (sometimes inside a snapshot write).
         out = ""
         for line in proc.stdout:
@@ -107,8 +136,9 @@ def test_sigkill_at_random_moments_then_rerun_resumes_and_matches_uninterrupted(
         if after is not None and after["cur_nimg"] >= ref_counters["cur_nimg"]:
             break
         if after is not None:  # every row the state vouches for is one the reference run wrote too
-            assert [r["kimg"] for r in rows if r["kimg"] * 1000 <= after["cur_nimg"]] == \
-                [r["kimg"] for r in ref_rows if r["kimg"] * 1000 <= after["cur_nimg"]]
+            assert [r["kimg"] for r in rows if r["kimg"] * 1000 <= after["cur_nimg"]] == [
+                r["kimg"] for r in ref_rows if r["kimg"] * 1000 <= after["cur_nimg"]
+            ]
     assert kills >= 3, f"only {kills} kills landed"
     res = subprocess.run(train_cmd(data, run), capture_output=True, text=True, timeout=300, env=ENV)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -116,16 +146,19 @@ def test_sigkill_at_random_moments_then_rerun_resumes_and_matches_uninterrupted(
     final = state_counters(run)
     assert (final["cur_nimg"], final["cur_tick"]) == (ref_counters["cur_nimg"], ref_counters["cur_tick"])
     assert [(r["tick"], r["kimg"]) for r in rows] == [(r["tick"], r["kimg"]) for r in ref_rows]
-    print(f"train kill test: {kills} SIGKILLs, resumed at nimg {resumed_at}, final {final['cur_nimg']} nimg "
-          f"{final['cur_tick']} ticks == uninterrupted")
+    print(
+        f"train kill test: {kills} SIGKILLs, resumed at nimg {resumed_at}, final {final['cur_nimg']} nimg "
+        f"{final['cur_tick']} ticks == uninterrupted"
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_and_sigint_stop_cleanly_after_a_snapshot(data, tmp_path, sig):
     run = tmp_path / "run"
-    proc = subprocess.Popen(train_cmd(data, run, kimg=1.0), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=ENV)
+    proc = subprocess.Popen(
+        train_cmd(data, run, kimg=1.0), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV
+    )
     out = ""
     for line in proc.stdout:
         out += line
@@ -139,8 +172,13 @@ def test_sigterm_and_sigint_stop_cleanly_after_a_snapshot(data, tmp_path, sig):
     rows = check_readable(run, allow_torn_last_line=False)
     counters = state_counters(run)
     assert counters["cur_nimg"] * 1000 >= 0 and abs(rows[-1]["kimg"] * 1000 - counters["cur_nimg"]) < 1e-6
-    res = subprocess.run(train_cmd(data, run, kimg=counters["cur_nimg"] / 1000 + 0.016), capture_output=True,
-                         text=True, timeout=300, env=ENV)
+    res = subprocess.run(
+        train_cmd(data, run, kimg=counters["cur_nimg"] / 1000 + 0.016),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
     assert res.returncode == 0 and f"resuming at {counters['cur_nimg'] / 1000:g} kimg" in res.stdout, res.stdout
 
 

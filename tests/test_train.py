@@ -242,3 +242,18 @@ def _rows_safe(run):
         return _rows(run)
     except OSError:
         return []
+
+
+def test_pretrained_backbone_offline_is_one_clear_line_at_start(tmp_path):
+    cfg = tiny_cfg(tmp_path)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "th")}
+    t0 = time.time()
+    r = subprocess.run(
+        [sys.executable, "-m", "projgan", "train", "--data", cfg.data, "--out", str(tmp_path / "run"),
+         "--resolution", "32", "--metrics", "none", "--backbone-weights", "pretrained"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "pretrained tf_efficientnet_lite0 weights" in r.stderr and "--backbone-weights PATH" in r.stderr
+    assert "Traceback" not in r.stderr and time.time() - t0 < 60
+    assert not (tmp_path / "run" / artifacts.TRAINING_STATE).exists()

@@ -36,8 +36,8 @@ def _cfg(tmp_path, **kw):
         make_shapes_dataset(data, n=16, resolution=32)
     base = dict(
         data=str(data), out=str(tmp_path / "run"), generator=GeneratorConfig(resolution=32, ngf=16), batch=4,
-        kimg=0.016, backbone_weights="none", backbone_resolution=32, tick_kimg=0.004, snapshot_ticks=100,
-        metrics=("fid", "kid"), fid_every=0.008, fid_images=16, sample_seeds=4, device="cpu",
+        kimg=0.008, backbone_weights="none", backbone_resolution=32, tick_kimg=0.004, snapshot_ticks=100,
+        metrics=("fid", "kid"), fid_every=0.004, fid_images=16, sample_seeds=4, device="cpu",
     )
     base.update(kw)
     return TrainConfig(**base)
@@ -47,9 +47,9 @@ def test_fid_rows_plot_and_best_generator(tmp_path):
     run = train(_cfg(tmp_path), feature_extractor=TinyExtractor())
     rows = artifacts.read_jsonl(run / artifacts.METRICS)
     fid_rows = [r for r in rows if "fid" in r]
-    assert [r["kimg"] for r in fid_rows] == [0.008, 0.016]
+    assert [r["kimg"] for r in fid_rows] == [0.004, 0.008]
     assert all(r["fid"] >= 0 and "kid" in r and r["wall"] > 0 for r in fid_rows)
-    assert len([r for r in rows if r.get("kind") == "tick"]) == 4
+    assert len([r for r in rows if r.get("kind") == "tick"]) == 2
     assert (run / artifacts.FID_PLOT).stat().st_size > 1000
     assert list(run.glob("fid-ref-*.npz"))  # reference statistics cached in the run
 
@@ -57,14 +57,14 @@ def test_fid_rows_plot_and_best_generator(tmp_path):
     best = json.loads((run / artifacts.BEST_GENERATOR_DIR / artifacts.CONFIG_JSON).read_text())["meta"]
     assert best["fid"] == pytest.approx(best_row["fid"]) and best["kimg"] == best_row["kimg"]
     latest = json.loads((run / artifacts.GENERATOR_DIR / artifacts.CONFIG_JSON).read_text())["meta"]
-    assert latest["fid"] == pytest.approx(fid_rows[-1]["fid"]) and latest["kimg"] == 0.016
+    assert latest["fid"] == pytest.approx(fid_rows[-1]["fid"]) and latest["kimg"] == 0.008
     state = torch.load(run / artifacts.TRAINING_STATE, weights_only=True)
     assert state["counters"]["best_fid"] == pytest.approx(best_row["fid"])
 
     # generator-best only moves when a later record beats it: resume, and compare with the new rows.
-    train(_cfg(tmp_path, kimg=0.024), feature_extractor=TinyExtractor())
+    train(_cfg(tmp_path, kimg=0.012), feature_extractor=TinyExtractor())
     fid_rows = [r for r in artifacts.read_jsonl(run / artifacts.METRICS) if "fid" in r]
-    assert [r["kimg"] for r in fid_rows] == [0.008, 0.016, 0.024]
+    assert [r["kimg"] for r in fid_rows] == [0.004, 0.008, 0.012]
     best_row = min(fid_rows, key=lambda r: r["fid"])
     best = json.loads((run / artifacts.BEST_GENERATOR_DIR / artifacts.CONFIG_JSON).read_text())["meta"]
     assert best["kimg"] == best_row["kimg"]

@@ -45,6 +45,22 @@ def browser():
         b.close()
 
 
+def export_onnx(gen_dir, dest):
+    """A dynamic-batch ONNX file of the generator (same as tests/test_serve.py; test modules do not import each other)."""
+    import torch
+
+    from projgan import artifacts
+    from projgan.generator import sample_latents
+
+    G, _ = artifacts.load_generator(gen_dir)
+    z = torch.from_numpy(sample_latents([0, 1], G.cfg.z_dim))
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    torch.onnx.export(
+        G, (z,), str(dest), input_names=["z"], output_names=["image"], dynamic_shapes={"z": {0: batch}}, dynamo=True
+    )
+    return dest
+
+
 def batch_count(url: str) -> float:
     for line in httpx.get(url + "/metrics").text.splitlines():
         if line.startswith("projgan_batch_size_count "):
@@ -57,8 +73,6 @@ def batch_count(url: str) -> float:
 def test_ui_generates_interpolates_and_fits_a_phone(kind, generator_64, browser, tmp_path):
     source = generator_64
     if kind == "onnxruntime":
-        from tests.test_serve import export_onnx
-
         source = export_onnx(generator_64, tmp_path / "generator.onnx")
     ARTIFACTS.mkdir(exist_ok=True)
     cfg = ServeConfig(source=str(source), backend=kind, device="cpu", max_batch=8)
