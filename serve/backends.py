@@ -20,6 +20,7 @@ import torch
 from projgan import artifacts
 from projgan.errors import UserError
 from projgan.generator import sample_latents, to_uint8
+from projgan.hardware import cpu_has_fast_bf16  # noqa: F401  (re-exported)
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 SELF_CHECK_SEEDS = 4  # seeds a reduced-precision torch backend must pass at load
@@ -69,15 +70,6 @@ class Backend:
 
     def close(self) -> None:
         pass
-
-
-def cpu_has_fast_bf16() -> bool:
-    """AMX or AVX512-BF16: where bf16 runs several times faster than fp32 on the CPU."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def resolve_device(device: str) -> str:

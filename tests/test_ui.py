@@ -46,18 +46,12 @@ def browser():
 
 
 def export_onnx(gen_dir, dest):
-    """A dynamic-batch ONNX file of the generator (same as tests/test_serve.py; test modules do not import each other)."""
-    import torch
-
+    """A dynamic-batch ONNX file of the generator, written by the real export code."""
     from projgan import artifacts
-    from projgan.generator import sample_latents
+    from projgan.export.onnx import export_fp32
 
     G, _ = artifacts.load_generator(gen_dir)
-    z = torch.from_numpy(sample_latents([0, 1], G.cfg.z_dim))
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    torch.onnx.export(
-        G, (z,), str(dest), input_names=["z"], output_names=["image"], dynamic_shapes={"z": {0: batch}}, dynamo=True
-    )
+    export_fp32(G, dest)
     return dest
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import distributed as dist
 
 from projgan.errors import UserError
+from projgan.hardware import cpu_has_fast_bf16  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -28,15 +28,6 @@ class Runtime:
     @property
     def main(self) -> bool:
         return self.rank == 0
-
-
-def cpu_has_fast_bf16() -> bool:
-    """AMX or AVX512-BF16: where bf16 matmuls/convs run several times faster than fp32 on the CPU."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
