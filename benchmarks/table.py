@@ -54,14 +54,23 @@ def rows() -> list[str]:
         )
     for f in sorted((HERE / "serve_load").glob("*.json")):
         s = json.loads(f.read_text())
-        tg = s["targets"]
+        tg, m = s["targets"], s["model"]
+        if "served" in s:  # first format: one served phase, single-image routes as a list
+            clients, per_req = s["served"]["clients"], s["served"]["images_per_request"]
+            served, single = s["served"]["images_per_s"], s["single_image_no_load"][0]["p50_ms"]
+            raw1 = s["raw"]["batch1_latency"]["p50_ms"]
+            cpu = f"{s['machine']['cpu']}, {s['machine']['torch_threads']} threads"
+        else:  # interleaved rounds (after the TCP_NODELAY fix)
+            t = s["throughput"]
+            clients, per_req = t["clients"], t["images_per_request"]
+            served = sorted(r["served_images_per_s"] for r in t["rounds"])[len(t["rounds"]) // 2]
+            single, raw1 = s["single_image_no_load"]["post_npy"]["p50_ms"], s["single_image_no_load"]["raw_batch1"]["p50_ms"]
+            cpu = f"{s['machine']['cpu']}, {s['machine']['cores']} cores"
         out.append(
-            f"| serving {s['model']['resolution']} px, {s['model']['backend']} {s['model']['precision']} "
-            f"| {s['machine']['cpu']}, {s['machine']['torch_threads']} threads "
-            f"| {s['served']['clients']} clients x {s['served']['images_per_request']} img "
-            f"| served {s['served']['images_per_s']:.1f} img/s = {100 * tg['served_over_raw']:.0f}% of raw; "
-            f"single-image p50 {s['single_image_no_load'][0]['p50_ms']:.0f} ms vs raw batch-1 "
-            f"{s['raw']['batch1_latency']['p50_ms']:.0f} ms"
+            f"| serving {m['resolution']} px, {m['backend']} {m['precision']} | {cpu} "
+            f"| {clients} clients x {per_req} img "
+            f"| served {served:.1f} img/s = {100 * tg['served_over_raw']:.0f}% of raw; "
+            f"single-image p50 {single:.0f} ms vs raw batch-1 {raw1:.0f} ms"
             f" (target {'met' if tg['single_p50_ok'] else 'missed'}) | serve_load/{f.name} |"
         )
     return out
