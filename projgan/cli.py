@@ -95,6 +95,7 @@ def train(
     inception_weights: str = typer.Option("", help="Local clean-fid Inception weights file."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     seed: int = typer.Option(0, help="Random seed."),
+    max_minutes: float = typer.Option(0.0, help="Stop with a snapshot after this many minutes (0: no limit)."),
 ):
     """Train a Projected FastGAN on a folder or zip of images."""
     from projgan.config import GeneratorConfig, TrainConfig
@@ -127,6 +128,7 @@ def train(
         inception_weights=inception_weights,
         device=device,
         seed=seed,
+        max_minutes=max_minutes,
     )
     from projgan.train.loop import train as run_training
 
