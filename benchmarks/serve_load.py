@@ -165,24 +165,36 @@ async def throughput_rounds(url: str, backend, args) -> dict:
 
 
 async def single_latency(url: str, backend, calls: int) -> dict:
-    """Interleaved, so both see the same machine: raw batch-1 call, POST npy, GET png; repeat."""
+    """Interleaved, so all three see the same machine: raw batch-1 call, POST npy, GET png.
+
+    The order rotates every round: right after a raw call this process's OpenMP threads still
+    spin for a while and steal the cores from the server, so whichever call came next would pay
+    for it (measured: a fixed order put ~6 ms on the POST that always followed the raw call).
+    """
     import httpx
 
     lat = {"raw_batch1": [], "post_npy": [], "get_png": []}
     async with httpx.AsyncClient(base_url=url, timeout=60) as c:
-        for i in range(calls + 5):
-            seed = 50_000 + i
+
+        async def call(kind: str, seed: int) -> float:
             t0 = time.perf_counter()
-            backend.generate(sample_latents([seed], backend.z_dim))
-            t1 = time.perf_counter()
-            r1 = await c.post("/v1/generate", json={"seeds": [seed], "format": "npy"})
-            t2 = time.perf_counter()
-            r2 = await c.get(f"/v1/images/{seed}.png")
-            t3 = time.perf_counter()
-            assert r1.status_code == 200 and r2.status_code == 200, (r1.text, r2.text)
-            if i >= 5:  # the first few settle the batcher's arrival estimate after the load test
-                for k, ms in zip(lat, ((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3), strict=True):
-                    lat[k].append(ms)
+            if kind == "raw_batch1":
+                backend.generate(sample_latents([seed], backend.z_dim))
+            elif kind == "post_npy":
+                r = await c.post("/v1/generate", json={"seeds": [seed], "format": "npy"})
+                assert r.status_code == 200, r.text
+            else:
+                r = await c.get(f"/v1/images/{seed}.png")
+                assert r.status_code == 200, r.text
+            return (time.perf_counter() - t0) * 1e3
+
+        kinds = list(lat)
+        for i in range(calls + 5):
+            order = kinds[i % 3 :] + kinds[: i % 3]
+            for kind in order:
+                ms = await call(kind, 50_000 + i)
+                if i >= 5:  # the first few settle the batcher's arrival estimate after the load test
+                    lat[kind].append(ms)
     return {k: {"p50_ms": percentile(v, 50), "p99_ms": percentile(v, 99), "calls": calls} for k, v in lat.items()}
 
 
