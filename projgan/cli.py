@@ -86,7 +86,9 @@ def train(
     ema_kimg: float = typer.Option(0.0, help="EMA half-life in kimg [default: batch*10/32]."),
     precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16 autocast."),
     channels_last: bool = typer.Option(True, help="Use channels_last memory format."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile G and D."),
+    compile: bool = typer.Option(
+        False, "--compile", help="torch.compile G and D (minutes of warm-up; see benchmarks/train_cpu.md for when it pays)."
+    ),
     tick_kimg: float = typer.Option(1.0, help="kimg between metrics rows."),
     snapshot_ticks: int = typer.Option(10, help="Ticks between snapshots (always one at the end)."),
     metrics: str = typer.Option("fid", help="fid | fid,kid | none."),

@@ -158,6 +158,38 @@ def test_training_state_restores_d_projections_and_ema_exactly(tmp_path):
         torch.testing.assert_close(pa, pb, rtol=0, atol=0)
 
 
+def test_fp16_grad_scaler_path_scales_skips_non_finite_steps_and_resumes(tmp_path, monkeypatch):
+    """The fp16 (CUDA) path's GradScaler logic, run on the CPU: ``resolve_precision`` refuses fp16
+    there only because it is slow, so the test lifts that refusal and runs the real step."""
+    monkeypatch.setattr(dist, "resolve_precision", lambda precision, device: "fp16")
+    cfg = tiny_cfg(tmp_path, precision="fp16")
+    rt = dist.Runtime()
+    a = step.build(cfg, rt)
+    assert a.precision == "fp16" and a.scaler_D.is_enabled() and a.scaler_G.is_enabled()
+    reals = torch.rand(4, 3, 32, 32) * 2 - 1
+    nimg = step.train_step(a, reals, 0)
+    assert all(v == v and abs(v) != float("inf") for v in step.pop_stats(a).values())
+    scale = a.scaler_D.get_scale()
+    assert 0 < scale < float("inf")
+
+    # A non-finite D loss must not reach the weights: the scaler skips the step and backs off.
+    before = [p.detach().clone() for p in a.D.discs.parameters()]
+    bad = reals.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    step.d_step(a, bad)
+    assert a.scaler_D.get_scale() == scale * a.scaler_D.get_backoff_factor()
+    for p, q in zip(a.D.discs.parameters(), before, strict=True):
+        assert torch.equal(p, q)
+
+    # The scalers' state survives save/load with the rest.
+    artifacts.save_training_state(tmp_path / "state.pt", step.state_dict(a))
+    b = step.build(tiny_cfg(tmp_path, precision="fp16", seed=3), rt)
+    step.load_state_dict(b, torch.load(tmp_path / "state.pt", weights_only=True))
+    assert b.scaler_D.get_scale() == a.scaler_D.get_scale()
+    assert b.scaler_G.get_scale() == a.scaler_G.get_scale()
+    assert step.train_step(b, reals, nimg) == nimg + cfg.batch
+
+
 # ---------------------------------------------------------------- the loop
 
 

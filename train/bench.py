@@ -142,9 +142,12 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(a.threads)
     load_before = round(os.getloadavg()[0], 2)
     results = []
+    layouts = _onoff(a.channels_last)
     for precision in [v.strip() for v in a.precisions.split(",") if v.strip()]:
-        for cl in _onoff(a.channels_last):
+        for cl in layouts:
             for comp in _onoff(a.compile):
+                if comp and cl and False in layouts:
+                    continue  # compile ignores channels_last (see step.build): this run would repeat the off one
                 cfg = TrainConfig(
                     generator=GeneratorConfig(resolution=a.resolution, ngf=a.ngf), batch=a.batch,
                     backbone=a.backbone, backbone_weights=a.backbone_weights,
