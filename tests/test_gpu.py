@@ -31,8 +31,10 @@ def test_torch_backend_cuda_reduced_precision_matches_cpu_fp32(tmp_path):
     print(report)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_training_steps_run_on_cuda(precision):
+@pytest.mark.parametrize(
+    ("precision", "compiled"), [("fp32", False), ("bf16", False), ("fp16", False), ("bf16", True)]
+)
+def test_training_steps_run_on_cuda(precision, compiled):
     from projgan.train.bench import bench_training
 
     cfg = TrainConfig(
@@ -41,9 +43,13 @@ def test_training_steps_run_on_cuda(precision):
         backbone_weights="none",
         backbone_resolution=128,
         precision=precision,
+        compile=compiled,
         metrics=(),
         device="cuda",
     )
+    torch._dynamo.reset()
     out = bench_training(cfg, steps=3, warmup=2)
+    assert out["precision"] == precision and out["compile"] == compiled
+    assert out["losses_finite"], out
     assert out["sec_per_kimg"] > 0
     assert torch.cuda.max_memory_allocated() > 0
