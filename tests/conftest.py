@@ -84,3 +84,20 @@ def make_images(folder, n: int = 64, size: int = 48, seed: int = 0):
 @pytest.fixture
 def image_folder(tmp_path):
     return make_images(tmp_path / "images")
+
+
+def tiny_train_cfg(tmp_path, **kw):
+    """A training config that runs in seconds on a CPU: 16 shapes images, 32 px, ngf 16, batch 4."""
+    from projgan.config import GeneratorConfig, TrainConfig
+    from projgan.train.shapes import make_shapes_dataset
+
+    data = tmp_path / "data"
+    if not data.exists():
+        make_shapes_dataset(data, n=16, resolution=32)
+    base = dict(
+        data=str(data), out=str(tmp_path / "run"), generator=GeneratorConfig(resolution=32, ngf=16), batch=4,
+        kimg=0.008, backbone_weights="none", backbone_resolution=32, tick_kimg=0.004, snapshot_ticks=1,
+        metrics=(), sample_seeds=4, device="cpu",
+    )
+    base.update(kw)
+    return TrainConfig(**base)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from projgan import artifacts
-from projgan.config import GeneratorConfig, TrainConfig
+from projgan.config import GeneratorConfig
 from projgan.errors import UserError
 from projgan.generator import sample_latents
 from projgan.train import diffaug, dist, step
@@ -22,21 +22,7 @@ from projgan.train.ema import ema_beta, update_ema
 from projgan.train.features import FeatureNetwork
 from projgan.train.loop import train
 from projgan.train.losses import d_hinge_loss, g_loss
-from projgan.train.shapes import make_shapes_dataset
-
-
-def tiny_cfg(tmp_path, **kw) -> TrainConfig:
-    data = tmp_path / "data"
-    if not data.exists():
-        make_shapes_dataset(data, n=16, resolution=32)
-    base = dict(
-        data=str(data), out=str(tmp_path / "run"), generator=GeneratorConfig(resolution=32, ngf=16), batch=4,
-        kimg=0.008, backbone_weights="none", backbone_resolution=32, tick_kimg=0.004, snapshot_ticks=1,
-        metrics=(), sample_seeds=4, device="cpu",
-    )
-    base.update(kw)
-    return TrainConfig(**base)
-
+from tests.conftest import tiny_train_cfg as tiny_cfg
 
 # ---------------------------------------------------------------- pieces
 

@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from projgan import artifacts
-from projgan.config import GeneratorConfig, TrainConfig
 from projgan.errors import UserError
 from projgan.train.loop import train
-from projgan.train.shapes import make_shapes_dataset
+from tests.conftest import tiny_train_cfg
 
 pytest.importorskip("projgan.evaluation.metrics")
 pytest.importorskip("projgan.evaluation.plots")
@@ -31,16 +30,8 @@ class TinyExtractor(torch.nn.Module):
 
 
 def _cfg(tmp_path, **kw):
-    data = tmp_path / "data"
-    if not data.exists():
-        make_shapes_dataset(data, n=16, resolution=32)
-    base = dict(
-        data=str(data), out=str(tmp_path / "run"), generator=GeneratorConfig(resolution=32, ngf=16), batch=4,
-        kimg=0.008, backbone_weights="none", backbone_resolution=32, tick_kimg=0.004, snapshot_ticks=100,
-        metrics=("fid", "kid"), fid_every=0.004, fid_images=16, sample_seeds=4, device="cpu",
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    base = dict(snapshot_ticks=100, metrics=("fid", "kid"), fid_every=0.004, fid_images=16)
+    return tiny_train_cfg(tmp_path, **{**base, **kw})
 
 
 def test_fid_rows_plot_and_best_generator(tmp_path):
