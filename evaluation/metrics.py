@@ -145,6 +145,35 @@ def load_extractor(inception_weights: str = "", device: str = "cpu") -> Inceptio
     return InceptionExtractor(path, device)
 
 
+def proxy_extractor():
+    """A fixed, seeded random conv net: the offline stand-in for Inception when its weights are absent.
+
+    Random features still separate distributions (the curve falls as samples improve), but the
+    numbers are not comparable with published FIDs; callers say so when they use it.
+    """
+    from torch import nn
+
+    g = torch.Generator().manual_seed(1234)
+    net = nn.Sequential(
+        nn.Conv2d(3, 32, 4, 2, 1), nn.LeakyReLU(0.2),
+        nn.Conv2d(32, 64, 4, 2, 1), nn.LeakyReLU(0.2),
+        nn.Conv2d(64, 128, 4, 2, 1), nn.LeakyReLU(0.2),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+    )
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (2.0 / max(p[0].numel(), 1)) ** 0.5)
+    net.eval().requires_grad_(False)
+
+    def extract(x):  # float 0..255 [B,3,H,W] -> [B,512]
+        with torch.no_grad():
+            x = torch.nn.functional.interpolate(x.float() / 127.5 - 1, size=(64, 64), mode="bilinear", antialias=True)
+            return net(x)
+
+    extract.identity = "quickstart-random-proxy-v1"  # stable key for the reference-statistics cache
+    return extract
+
+
 def extractor_identity(extractor) -> str:
     """A stable name for an extractor, part of the reference-statistics cache key."""
     ident = getattr(extractor, "identity", None)

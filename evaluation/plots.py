@@ -79,6 +79,40 @@ def plot_fid(rows: list[dict[str, Any]], out_png: str | Path, title: str = "") -
     return _save(fig, out_png)
 
 
+def _minutes(row: dict[str, Any]) -> float | None:
+    h = _hours(row)
+    return None if h is None else h * 60
+
+
+def plot_law(rows: list[dict[str, Any]], out_png: str | Path, title: str = "") -> Path | None:
+    """Law score over training: valid fraction (left axis) and parameter distance (right), against kimg
+    and wall-clock minutes."""
+    rows = sorted((r for r in rows if isinstance(r.get("law_valid"), (int, float))), key=lambda r: r.get("kimg", 0))
+    if not rows:
+        return None
+    plt = _pyplot()
+    axes_x = [("kimg", [float(r.get("kimg", 0)) for r in rows])]
+    minutes = [_minutes(r) for r in rows]
+    if all(m is not None for m in minutes):
+        axes_x.append(("wall-clock minutes", minutes))
+    fig, axes = plt.subplots(1, len(axes_x), figsize=(5.2 * len(axes_x), 3.6), squeeze=False)
+    for ax, (label, xs) in zip(axes[0], axes_x, strict=True):
+        ax.plot(xs, [r["law_valid"] for r in rows], "o-", color="tab:green", ms=3, label="valid fraction")
+        ax.set_ylim(0, 1)
+        ax.set_xlabel(label)
+        ax.set_ylabel("valid fraction (higher is better)", color="tab:green")
+        ax.grid(alpha=0.3)
+        pts = [(x, r["law_distance"]) for x, r in zip(xs, rows, strict=True)
+               if isinstance(r.get("law_distance"), (int, float))]
+        if pts:
+            ax2 = ax.twinx()
+            ax2.plot([p[0] for p in pts], [p[1] for p in pts], "s--", color="tab:purple", ms=3)
+            ax2.set_ylabel("parameter distance (lower is better)", color="tab:purple")
+    fig.suptitle(title or "law score over training")
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
 def plot_bench(result: dict[str, Any], out_png: str | Path) -> Path | None:
     """Left: images/s against batch size, one line per backend. Right: batch latency distribution."""
     points = [p for p in result.get("results", []) if p.get("latencies_ms")]

@@ -37,6 +37,7 @@ TRAINING_STATE = "training-state.pt"
 TRAIN_CONFIG = "train_config.json"
 METRICS = "metrics.jsonl"
 FID_PLOT = "fid.png"
+LAW_PLOT = "law.png"  # law score over training, for procedural data with a known law
 SAMPLES_DIR = "samples"
 MANIFEST = "export.json"
 ONNX_FP32 = "generator.onnx"

@@ -32,7 +32,11 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     rich_markup_mode="rich",
 )
-data_app = typer.Typer(help="Inspect a dataset.\n\nExample:\n\n  pipeline data check ./dogs", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Inspect a dataset, or make a procedural one.\n\nExamples:\n\n  pipeline data check ./dogs\n\n"
+    "  pipeline data make dots ./dots --images 1000 --resolution 32",
+    no_args_is_help=True,
+)
 app.add_typer(data_app, name="data")
 
 
@@ -68,6 +72,7 @@ def _metrics(text: str) -> tuple[str, ...]:
     )
 )
 def train(
+    ctx: typer.Context,
     data: str = typer.Option(..., help="Folder (searched recursively) or .zip of images."),
     out: str = typer.Option("", help="Run directory [default: runs/<data name>]."),
     resolution: int = typer.Option(256, help="Image size: 32, 64, 128, 256, 512 or 1024."),
@@ -79,8 +84,19 @@ def train(
     backbone_resolution: int = typer.Option(0, help="Backbone input size [default: 224 below 224 px]."),
     projection: str = typer.Option("ccm+csm", help="Random projections: none | ccm | ccm+csm."),
     num_discs: int = typer.Option(4, help="Discriminators, one per feature scale (1..4)."),
-    lr: float = typer.Option(2e-4, help="Adam learning rate for G and D."),
-    betas: str = typer.Option("0,0.99", help="Adam betas."),
+    discriminator: str = typer.Option(
+        "projected", help="projected (the paper) | fastgan | dcgan (baselines that see pixels)."
+    ),
+    d_width: int = typer.Option(64, help="Base width (ndf) of the fastgan / dcgan discriminators."),
+    optimizer: str = typer.Option("adam", help="adam | rmsprop | sgd | nesterov (G and D)."),
+    lr: float = typer.Option(2e-4, help="Learning rate for D (and G, unless --g-lr)."),
+    g_lr: float = typer.Option(0.0, help="G's learning rate when it should differ (two time-scale) [default: --lr]."),
+    betas: str = typer.Option("0,0.99", help="Adam betas (rmsprop smooths with the second)."),
+    momentum: float = typer.Option(0.9, help="Momentum of sgd / nesterov."),
+    lr_schedule: str = typer.Option("constant", help="constant | step | exponential | cosine (over kimg)."),
+    lr_decay_kimg: float = typer.Option(0.0, help="step / exponential: multiply by --lr-gamma every N kimg [kimg/4]."),
+    lr_gamma: float = typer.Option(0.5, help="Decay factor of step / exponential schedules."),
+    lr_min: float = typer.Option(0.0, help="cosine: final learning rate as a fraction of --lr."),
     augment: str = typer.Option("color,translation,cutout", help="DiffAugment policy ('' disables)."),
     xflip: bool = typer.Option(True, help="Random horizontal flips of real images."),
     ema_kimg: float = typer.Option(0.0, help="EMA half-life in kimg [default: batch*10/32]."),
@@ -91,7 +107,7 @@ def train(
     ),
     tick_kimg: float = typer.Option(1.0, help="kimg between metrics rows."),
     snapshot_ticks: int = typer.Option(10, help="Ticks between snapshots (always one at the end)."),
-    metrics: str = typer.Option("fid", help="fid | fid,kid | none."),
+    metrics: str = typer.Option("fid", help="fid | fid,kid | law (procedural data) | none, comma-separated."),
     fid_every: float = typer.Option(50.0, help="kimg between FID records."),
     fid_images: int = typer.Option(5000, help="Generated images per FID record."),
     inception_weights: str = typer.Option("", help="Local clean-fid Inception weights file."),
@@ -114,8 +130,17 @@ def train(
         backbone_resolution=backbone_resolution,
         projection=projection,
         num_discs=num_discs,
+        discriminator=discriminator,
+        d_width=d_width,
+        optimizer=optimizer,
         lr=lr,
+        g_lr=g_lr,
         betas=b,
+        momentum=momentum,
+        lr_schedule=lr_schedule,
+        lr_decay_kimg=lr_decay_kimg,
+        lr_gamma=lr_gamma,
+        lr_min=lr_min,
         augment=augment,
         xflip=xflip,
         ema_kimg=ema_kimg,
@@ -134,7 +159,42 @@ def train(
     )
     from projgan.train.loop import train as run_training
 
-    run_training(cfg)
+    run_training(_resume_defaults(ctx, cfg))
+
+
+# CLI options whose config field has another name.
+_CLI_TO_CONFIG = {"resolution": "generator.resolution", "ngf": "generator.ngf"}
+
+
+def _resume_defaults(ctx: typer.Context, cfg):
+    """Resuming a run: options not given on the command line take the values the run was started
+    with (train_config.json), so re-running a shorter command continues the same recipe."""
+    import dataclasses
+    import json
+
+    from projgan import artifacts
+    from projgan.config import GeneratorConfig, TrainConfig
+
+    out = Path(cfg.out)
+    if not (out / artifacts.TRAINING_STATE).exists():
+        return cfg
+    try:
+        prev = json.loads((out / artifacts.TRAIN_CONFIG).read_text())
+    except (OSError, ValueError):
+        return cfg
+    d, g = cfg.to_dict(), dict(cfg.to_dict()["generator"])
+    for name in ctx.params:
+        source = ctx.get_parameter_source(name)  # by name: Typer may ship its own copy of click's enum
+        if name in ("data", "out") or getattr(source, "name", "") != "DEFAULT":
+            continue
+        key = _CLI_TO_CONFIG.get(name, name)
+        if key.startswith("generator."):
+            sub = key.split(".", 1)[1]
+            g[sub] = prev.get("generator", {}).get(sub, g[sub])
+        elif key in prev:
+            d[key] = prev[key]
+    d["generator"] = dataclasses.asdict(GeneratorConfig.from_dict(g))
+    return TrainConfig.from_dict(d)
 
 
 @data_app.command(
@@ -149,6 +209,31 @@ def data_check(
     from projgan.train.dataset import check
 
     check(data, resolution)
+
+
+@data_app.command(
+    "make",
+    epilog=(
+        "Examples:\n\n  pipeline data make shapes ./shapes\n\n  pipeline data make rings ./rings --images 500 --resolution 64\n\n"
+        "Laws: shapes (one upright circle, square or triangle), disk (one white disk), dots (1-4 dots on a gradient), "
+        "rings (one ring on a split background). The folder gets a law.json, so --metrics law can score samples."
+    ),
+)
+def data_make(
+    law: str = typer.Argument(..., help="shapes | disk | dots | rings."),
+    out: str = typer.Argument(..., help="Folder to write the PNGs and law.json into."),
+    images: int = typer.Option(1000, help="Number of pictures."),
+    resolution: int = typer.Option(32, help="Picture size in pixels."),
+    seed: int = typer.Option(0, help="Seed: picture i is a pure function of (seed, i)."),
+):
+    """Write a procedural dataset whose generating law is known (for learning checks)."""
+    from projgan.evaluation.laws import get_law, make_law_dataset
+
+    get_law(law)
+    if images < 1 or resolution < 8:
+        raise UserError("--images must be >= 1 and --resolution >= 8")
+    folder = make_law_dataset(out, law, n=images, resolution=resolution, seed=seed)
+    err.print(f"{images} pictures of the '{law}' law at {resolution} px in {folder}")
 
 
 @app.command(
@@ -255,7 +340,7 @@ def evaluate(
     source: str = typer.Argument(..., help="Anything serve can load."),
     data: str = typer.Option(..., help="Folder or .zip of reference images."),
     num_images: int = typer.Option(10000, help="Generated images."),
-    metrics: str = typer.Option("fid,kid", help="fid, kid or fid,kid."),
+    metrics: str = typer.Option("fid,kid", help="fid, kid, law (procedural data with a law.json), comma-separated."),
     backend: str = typer.Option("auto", help="auto | torch | onnxruntime | tensorrt."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     batch: int = typer.Option(32, help="Generation batch size."),
@@ -351,19 +436,21 @@ def _bench_training(source: str, device: str, warmup: int, repeats: int, out: st
     epilog=(
         "Examples:\n\n"
         "  pipeline quickstart                 # generate data, train, export, then serve on 127.0.0.1:8000\n\n"
-        "  pipeline quickstart --no-serve      # stop after the export (CI, scripts)"
+        "  pipeline quickstart --no-serve      # stop after the export (CI, scripts)\n\n"
+        "  pipeline quickstart --data ./pics   # the same recipe on your folder (32 px, a few minutes)"
     )
 )
 def quickstart(
     out: str = typer.Option("runs/quickstart", help="Run directory."),
-    minutes: float = typer.Option(2.5, help="Training time budget in minutes."),
+    data: str = typer.Option("", help="Your folder or .zip of images [default: a built-in procedural dataset]."),
+    minutes: float = typer.Option(4.25, help="Training time budget in minutes (the whole quickstart takes ~5)."),
     serve_after: bool = typer.Option(True, "--serve/--no-serve", help="Serve the result when done."),
     port: int = typer.Option(8000, help="Port for serving."),
 ):
-    """Whole pipeline in minutes on built-in procedural data: train, export, serve."""
+    """Whole pipeline in minutes on built-in procedural data (or yours): train, export, evaluate, serve."""
     from projgan.quickstart import quickstart as run_quickstart
 
-    run_quickstart(out=out, minutes=minutes, serve=serve_after, port=port)
+    run_quickstart(out=out, minutes=minutes, serve=serve_after, port=port, data=data or None)
 
 
 def main() -> None:

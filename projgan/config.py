@@ -15,8 +15,11 @@ from projgan.errors import UserError
 
 RESOLUTIONS = (32, 64, 128, 256, 512, 1024)
 PROJECTIONS = ("none", "ccm", "ccm+csm")
+DISCRIMINATORS = ("projected", "fastgan", "dcgan")
+OPTIMIZERS = ("adam", "rmsprop", "sgd", "nesterov")
+LR_SCHEDULES = ("constant", "step", "exponential", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-METRICS = ("fid", "kid")
+METRICS = ("fid", "kid", "law")
 
 
 @dataclass(frozen=True)
@@ -57,9 +60,18 @@ class TrainConfig:
     backbone_resolution: int = 0  # 0: 224 when the training resolution is below 224, else the resolution
     projection: str = "ccm+csm"
     num_discs: int = 4
+    discriminator: str = "projected"  # projected | fastgan | dcgan (baselines that see pixels)
+    d_width: int = 64  # ndf of the fastgan / dcgan discriminators
+    optimizer: str = "adam"  # adam | rmsprop | sgd | nesterov, for G and D
     lr: float = 2e-4
-    betas: tuple[float, float] = (0.0, 0.99)
+    g_lr: float = 0.0  # G's learning rate when it should differ from D's (two time-scale updates); 0: lr
+    betas: tuple[float, float] = (0.0, 0.99)  # adam; rmsprop uses betas[1] as its smoothing
+    momentum: float = 0.9  # sgd / nesterov
     eps: float = 1e-8
+    lr_schedule: str = "constant"  # constant | step | exponential | cosine, a function of kimg
+    lr_decay_kimg: float = 0.0  # step / exponential: lr *= lr_gamma every this many kimg (0: kimg / 4)
+    lr_gamma: float = 0.5
+    lr_min: float = 0.0  # cosine: final lr as a fraction of --lr
     augment: str = "color,translation,cutout"  # DiffAugment policy; "" disables
     xflip: bool = True
     ema_kimg: float = 0.0  # 0: batch * 10 / 32 as in the paper
@@ -87,11 +99,20 @@ class TrainConfig:
             raise UserError(f"unknown --projection {self.projection!r}", f"choose one of {', '.join(PROJECTIONS)}")
         if not 1 <= self.num_discs <= 4:
             raise UserError(f"--num-discs must be 1..4 (got {self.num_discs})")
+        for name, value, allowed in (("discriminator", self.discriminator, DISCRIMINATORS),
+                                     ("optimizer", self.optimizer, OPTIMIZERS),
+                                     ("lr-schedule", self.lr_schedule, LR_SCHEDULES)):
+            if value not in allowed:
+                raise UserError(f"unknown --{name} {value!r}", f"choose one of {', '.join(allowed)}")
+        if self.lr <= 0 or self.g_lr < 0 or not 0 < self.lr_gamma <= 1 or not 0 <= self.lr_min <= 1 or self.lr_decay_kimg < 0:
+            raise UserError("--lr must be > 0, --g-lr >= 0, --lr-gamma in (0, 1], --lr-min in [0, 1], --lr-decay-kimg >= 0")
+        if self.d_width < 8 or not 0 <= self.momentum < 1:
+            raise UserError(f"--d-width must be >= 8 and --momentum in [0, 1) (got {self.d_width}, {self.momentum})")
         if self.precision not in PRECISIONS:
             raise UserError(f"unknown --precision {self.precision!r}", f"choose one of {', '.join(PRECISIONS)}")
         bad = [m for m in self.metrics if m not in METRICS]
         if bad:
-            raise UserError(f"unknown metric {bad[0]!r}", "use --metrics fid, fid,kid or none")
+            raise UserError(f"unknown metric {bad[0]!r}", "use --metrics fid, fid,kid, law (procedural data) or none")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise UserError(f"--betas must be two numbers in [0, 1) (got {self.betas})")
 
@@ -193,7 +214,7 @@ class EvalConfig:
     def __post_init__(self):
         bad = [m for m in self.metrics if m not in METRICS]
         if bad or not self.metrics:
-            raise UserError(f"unknown metric {bad[0]!r}" if bad else "no metric requested", "use --metrics fid,kid")
+            raise UserError(f"unknown metric {bad[0]!r}" if bad else "no metric requested", "use --metrics fid,kid or law")
         if self.num_images < 2:
             raise UserError("--num-images must be >= 2")
 

@@ -1,7 +1,10 @@
-"""`pipeline quickstart`: the whole pipeline in a few minutes on data the project makes itself.
+"""`pipeline quickstart`: the whole pipeline in a few minutes, on data the project makes itself or yours.
 
 A composition root like ``cli``: it imports the stages lazily and calls each one's single entry
 point, so what it shows is exactly what the separate commands do.
+
+The recipe (``RECIPE``) is chosen by measurement for 2 CPU cores and five minutes: see
+``benchmarks/convergence/`` for the comparison of discriminators it was picked from.
 """
 
 from __future__ import annotations
@@ -16,104 +19,88 @@ from projgan.errors import UserError
 
 console = Console()
 
-
-def proxy_extractor():
-    """A fixed, seeded random conv net used for FID when clean-fid's Inception weights are absent.
-
-    Random features still separate distributions (the FID curve falls as samples improve), but the
-    numbers are not comparable with published FIDs; the quickstart says so when it uses them.
-    """
-    import torch
-    from torch import nn
-
-    g = torch.Generator().manual_seed(1234)
-    net = nn.Sequential(
-        nn.Conv2d(3, 32, 4, 2, 1), nn.LeakyReLU(0.2),
-        nn.Conv2d(32, 64, 4, 2, 1), nn.LeakyReLU(0.2),
-        nn.Conv2d(64, 128, 4, 2, 1), nn.LeakyReLU(0.2),
-        nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-    )
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (2.0 / max(p[0].numel(), 1)) ** 0.5)
-    net.eval().requires_grad_(False)
-
-    def extract(x):  # float 0..255 [B,3,H,W] -> [B,512]
-        with torch.no_grad():
-            x = torch.nn.functional.interpolate(x.float() / 127.5 - 1, size=(64, 64), mode="bilinear", antialias=True)
-            return net(x)
-
-    extract.identity = "quickstart-random-proxy-v1"  # stable key for the reference-statistics cache
-    return extract
+BUILTIN_LAW = "discs"
+BUILTIN_IMAGES = 1000
+# What the quickstart trains, and why in one line (printed at the start).
+RECIPE = dict(resolution=32, ngf=8, batch=32, discriminator="dcgan", d_width=32, augment="translation", g_lr=1e-3)
+RECIPE_WHY = ("32 px, ngf 8, batch 32, DCGAN discriminator (width 32), DiffAugment translation, G lr 1e-3 / D lr 2e-4: "
+              "the fastest learner per CPU-minute we measured (benchmarks/convergence/); the projected D needs "
+              "pretrained features, which cannot be had offline")
 
 
-def quickstart(out: str = "runs/quickstart", minutes: float = 2.5, serve: bool = True, port: int = 8000) -> Path:
-    from projgan.config import ExportConfig, GeneratorConfig, ServeConfig, TrainConfig
+def _fid_extractor():
+    """clean-fid's Inception where it is available, else the offline random-feature proxy (said)."""
+    from projgan.evaluation.metrics import load_extractor, proxy_extractor
+
+    try:
+        return load_extractor(""), "FID"
+    except UserError:
+        console.print("[yellow]note:[/] clean-fid's Inception weights are not available offline; FID uses a fixed "
+                      "random-feature proxy (not comparable with published FIDs; see --inception-weights).")
+        return proxy_extractor(), "FID (random-feature proxy)"
+
+
+def quickstart(out: str = "runs/quickstart", minutes: float = 4.25, serve: bool = True, port: int = 8000,
+               data: str | None = None) -> Path:
+    from projgan.config import EvalConfig, ExportConfig, GeneratorConfig, ServeConfig, TrainConfig
+    from projgan.evaluation.laws import make_law_dataset, read_law
 
     t0 = time.time()
     run = Path(out)
-    data = run.parent / f"{run.name}-data"
     export_dir = Path("exports") / run.name
 
-    console.print(Rule("1/4  dataset"))
-    from projgan.train.shapes import make_shapes_dataset
+    console.print(Rule("1/5  dataset"))
+    if data is None:
+        folder = run.parent / f"{run.name}-data"
+        if read_law(folder) != BUILTIN_LAW:
+            make_law_dataset(folder, BUILTIN_LAW, n=BUILTIN_IMAGES, resolution=RECIPE["resolution"], seed=0)
+        data = str(folder)
+        console.print(f"[green]✓[/] {BUILTIN_IMAGES} procedural {RECIPE['resolution']} px images of the "
+                      f"'{BUILTIN_LAW}' law (one coloured disc on a plain dark background) in {data}")
+    elif not Path(data).exists():
+        raise UserError(f"--data {data} does not exist", "pass a folder or .zip of images")
+    law = read_law(data)
+    console.print(f"recipe: {RECIPE_WHY}")
 
-    if not data.exists() or not any(data.iterdir()):
-        make_shapes_dataset(data, n=400, resolution=64, seed=0)
-    console.print(f"[green]✓[/] {sum(1 for _ in data.glob('*.png'))} procedural 64 px images in {data}")
-
-    console.print(Rule("2/4  train"))
-    extractor = None
-    try:
-        from projgan.evaluation.metrics import load_extractor
-
-        load_extractor("")
-    except UserError:
-        extractor = proxy_extractor()
-        console.print(
-            "[yellow]note:[/] clean-fid's Inception weights are not available offline; the FID curve uses a fixed "
-            "random-feature proxy (not comparable with published FIDs; see --inception-weights)."
-        )
-    weights = "pretrained"
-    from projgan.train import features
-
-    try:
-        features.resolve_backbone_weights("tf_efficientnet_lite0", "pretrained")
-    except UserError:
-        weights = "none"
-        console.print(
-            "[yellow]note:[/] pretrained tf_efficientnet_lite0 weights are not available offline: the discriminator "
-            "uses a random-init backbone (much slower convergence). Pass --backbone-weights PATH to pipeline train."
-        )
+    console.print(Rule("2/5  train"))
+    extractor, fid_name = (None, "") if law else _fid_extractor()
     cfg = TrainConfig(
-        data=str(data),
-        out=str(run),
-        generator=GeneratorConfig(resolution=64, ngf=32),
-        batch=16,
-        kimg=3,
-        max_minutes=minutes,
-        backbone_weights=weights,
-        backbone_resolution=128,
-        tick_kimg=0.1,
-        snapshot_ticks=3,
-        fid_every=0.1,
-        fid_images=256,
-        sample_seeds=36,
+        data=str(data), out=str(run),
+        generator=GeneratorConfig(resolution=RECIPE["resolution"], ngf=RECIPE["ngf"]),
+        batch=RECIPE["batch"], discriminator=RECIPE["discriminator"], d_width=RECIPE["d_width"],
+        augment=RECIPE["augment"], g_lr=RECIPE["g_lr"],
+        kimg=1000, max_minutes=minutes, backbone_weights="none",
+        tick_kimg=2, snapshot_ticks=5, metrics=("law",) if law else ("fid",), fid_every=4,
+        fid_images=512, sample_seeds=64,
     )
     from projgan.train.loop import train
 
     train(cfg, feature_extractor=extractor)
 
-    console.print(Rule("3/4  export"))
+    console.print(Rule("3/5  export"))
     from projgan.export.pipeline import export
 
     ok = export(ExportConfig(source=str(run), out=str(export_dir), fp16=True, force=True, batch_sizes=(1, 8, 32)))
     if not ok:
         raise UserError("the export failed its parity check", f"see the table above and {export_dir}/export.json")
-    console.print(f"[green]✓[/] whole pipeline in {time.time() - t0:.0f} s: run {run}, export {export_dir}")
+
+    console.print(Rule("4/5  evaluate the exported model"))
+    from projgan.evaluation.evaluate import evaluate
+
+    metrics = ("law",) if law else ("fid",)
+    row = evaluate(EvalConfig(source=str(export_dir), data=str(data), num_images=512, metrics=metrics,
+                              out=str(run / "evaluation.jsonl")), extractor=extractor, progress=False)[0]
+    if law:
+        verdict = "[green]recognisable[/]" if row["law_valid"] >= 0.5 else "[yellow]not yet recognisable[/]"
+        console.print(f"law '{law}': {row['law_valid']:.0%} of 512 samples are valid objects of the law ({verdict}); "
+                      f"parameter distance {row['law_distance']:.3f}, spread {row['law_spread']:.2f}")
+    else:
+        console.print(f"{fid_name}: {row['fid']:.2f} on 512 samples (no known law for {data}: no law score)")
+    console.print(f"[green]✓[/] whole pipeline in {time.time() - t0:.0f} s: run {run} (samples in "
+                  f"{run / 'samples'}), export {export_dir}")
 
     if serve:
-        console.print(Rule("4/4  serve"))
+        console.print(Rule("5/5  serve"))
         console.print(f"open http://127.0.0.1:{port}/ui  (API: http://127.0.0.1:{port}/docs; Ctrl-C stops)")
         from projgan.serve.app import run as run_server
 

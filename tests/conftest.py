@@ -9,7 +9,8 @@ import shutil
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# The cores this process may run on (taskset, cgroups), not the machine's: more threads than cores spin.
+torch.set_num_threads(max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -89,11 +90,11 @@ def image_folder(tmp_path):
 def tiny_train_cfg(tmp_path, **kw):
     """A training config that runs in seconds on a CPU: 16 shapes images, 32 px, ngf 16, batch 4."""
     from projgan.config import GeneratorConfig, TrainConfig
-    from projgan.train.shapes import make_shapes_dataset
+    from projgan.evaluation.laws import make_law_dataset
 
     data = tmp_path / "data"
     if not data.exists():
-        make_shapes_dataset(data, n=16, resolution=32)
+        make_law_dataset(data, "shapes", n=16, resolution=32)
     base = dict(
         data=str(data), out=str(tmp_path / "run"), generator=GeneratorConfig(resolution=32, ngf=16), batch=4,
         kimg=0.008, backbone_weights="none", backbone_resolution=32, tick_kimg=0.004, snapshot_ticks=1,

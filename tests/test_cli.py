@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-COMMANDS = ["train", "export", "serve", "evaluate", "bench", "quickstart", "data check"]
+COMMANDS = ["train", "export", "serve", "evaluate", "bench", "quickstart", "data check", "data make"]
 
 
 def pipeline(*args: str, timeout: float = 120):
@@ -39,6 +39,11 @@ def test_every_command_has_help_with_examples(cmd):
         (["serve", "/nonexistent/run"], "does not exist"),
         (["train", "--data", "x", "--resolution", "100"], "resolution"),
         (["train", "--data", "x", "--projection", "weird"], "projection"),
+        (["train", "--data", "x", "--discriminator", "stylegan"], "discriminator"),
+        (["train", "--data", "x", "--optimizer", "lbfgs"], "optimizer"),
+        (["train", "--data", "x", "--lr-schedule", "linear"], "lr-schedule"),
+        (["data", "make", "squiggles", "/tmp/never-written"], "unknown law"),
+        (["evaluate", ".", "--data", ".", "--metrics", "law"], "law.json"),
     ],
 )
 def test_user_mistakes_are_one_line_and_exit_2(args, needle):

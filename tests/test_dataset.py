@@ -13,14 +13,16 @@ import torch
 from PIL import Image
 
 from projgan.errors import UserError
+from projgan.evaluation.laws import LAWS, law_params, make_law_dataset, read_law
 from projgan.train import dataset
 from projgan.train.dataset import ImageDataset, check_resolution, load_images
-from projgan.train.shapes import make_image, make_shapes_dataset
 
 
 def make_images(folder, n=8, size=40, seed=0):
-    """n small PNGs of coloured shapes (the built-in procedural dataset)."""
-    return make_shapes_dataset(folder, n=n, resolution=size, seed=seed)
+    """n small PNGs of coloured shapes (the built-in procedural dataset), without its law.json."""
+    folder = make_law_dataset(folder, "shapes", n=n, resolution=size, seed=seed)
+    (folder / "law.json").unlink()
+    return folder
 
 
 def _messy_folder(root):
@@ -28,8 +30,8 @@ def _messy_folder(root):
     make_images(root, n=6, size=40)
     make_images(root / "sub" / "deeper", n=2, size=40, seed=1)
     (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
-    good = (root / "shape_00000.png").read_bytes()
-    Image.open(root / "shape_00001.png").save(root / "photo.jpg", quality=90)
+    good = (root / "shapes_00000.png").read_bytes()
+    Image.open(root / "shapes_00001.png").save(root / "photo.jpg", quality=90)
     (root / "truncated.jpg").write_bytes((root / "photo.jpg").read_bytes()[:300])
     (root / "photo.jpg").unlink()
     (root / "notes.txt").write_text("not an image")
@@ -95,7 +97,7 @@ def test_zip_gives_the_same_images_as_the_folder(tmp_path):
     with zipfile.ZipFile(z, "w") as zf:
         for p in sorted(folder.iterdir()):
             zf.write(p, f"images/{p.name}")
-        zf.writestr("__MACOSX/._shape_00000.png", b"junk")
+        zf.writestr("__MACOSX/._shapes_00000.png", b"junk")
         zf.writestr("images/readme.txt", "hi")
         zf.writestr("images/bad.png", b"nope")
     a, sa = load_images(folder, 32)
@@ -118,7 +120,7 @@ def test_cache_is_reused_and_invalidated_by_changes(tmp_path):
     b, _ = load_images(folder, 32, cache_dir=cache)
     assert (b[0] == 7).all()
     make_images(tmp_path / "f2", n=1, size=40, seed=5)
-    (tmp_path / "f2" / "shape_00000.png").rename(folder / "new.png")
+    (tmp_path / "f2" / "shapes_00000.png").rename(folder / "new.png")
     c, s = load_images(folder, 32, cache_dir=cache)
     assert s.images == 10 and c.shape[0] == 10 and not (c[0] == 7).all()
     load_images(folder, 64, cache_dir=cache)  # another resolution: another cache file
@@ -159,16 +161,15 @@ def test_image_dataset_samples_scaled_batches():
     np.testing.assert_array_equal(ds.numpy_nhwc(), images)
 
 
-def test_shapes_dataset_is_deterministic_and_fast(tmp_path):
-    import time
-
-    t0 = time.time()
-    folder = make_shapes_dataset(tmp_path / "shapes", n=40, resolution=32, seed=3)
-    assert time.time() - t0 < 10
-    assert len(list(folder.glob("*.png"))) == 40
-    np.testing.assert_array_equal(np.asarray(Image.open(folder / "shape_00005.png")), make_image(3, 5, 32))
-    assert not np.array_equal(make_image(3, 5, 32), make_image(4, 5, 32))
-    assert make_image(0, 0, 64).std() > 10  # not flat
+@pytest.mark.parametrize("law", sorted(LAWS))
+def test_law_datasets_are_deterministic_and_named(tmp_path, law):
+    folder = make_law_dataset(tmp_path / law, law, n=12, resolution=32, seed=3)
+    assert len(list(folder.glob("*.png"))) == 12 and read_law(folder) == law
+    again = LAWS[law].render(law_params(law, 12, 3)[5], 32)
+    np.testing.assert_array_equal(np.asarray(Image.open(folder / f"{law}_00005.png")), again)
+    other = LAWS[law].render(law_params(law, 12, 4)[5], 32)
+    assert not np.array_equal(again, other)
+    assert again.std() > 10  # not flat
 
 
 def _pipeline(*args, timeout=120):
@@ -210,5 +211,5 @@ def test_fingerprint_changes_with_content(tmp_path):
     folder = make_images(tmp_path / "f", n=2, size=40)
     a = dataset.fingerprint(folder)
     assert a == dataset.fingerprint(folder)
-    os.utime(folder / "shape_00000.png", ns=(1, 1))
+    os.utime(folder / "shapes_00000.png", ns=(1, 1))
     assert dataset.fingerprint(folder) != a

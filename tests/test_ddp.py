@@ -10,11 +10,11 @@ import sys
 import torch
 
 from projgan import artifacts
-from projgan.train.shapes import make_shapes_dataset
+from projgan.evaluation.laws import make_law_dataset
 
 
 def test_torchrun_two_processes_write_one_consistent_run(tmp_path):
-    data = make_shapes_dataset(tmp_path / "data", n=16, resolution=32)
+    data = make_law_dataset(tmp_path / "data", "shapes", n=16, resolution=32)
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [
@@ -29,6 +29,8 @@ def test_torchrun_two_processes_write_one_consistent_run(tmp_path):
     assert r.stdout.count("done: 0.012 kimg") == 1
 
     rows = artifacts.read_jsonl(run / artifacts.METRICS)
+    assert [r["kind"] for r in rows].count("header") == 1 and rows[0]["world"] == 2
+    rows = [r for r in rows if r["kind"] == "tick"]
     assert [row["tick"] for row in rows] == [1, 2, 3]  # one row per tick, none duplicated by rank 1
     assert [row["kimg"] for row in rows] == [0.004, 0.008, 0.012]
     state = torch.load(run / artifacts.TRAINING_STATE, weights_only=True)

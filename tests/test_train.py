@@ -19,7 +19,7 @@ from projgan.generator import sample_latents
 from projgan.train import diffaug, dist, step
 from projgan.train.discriminator import MiniDiscriminator, ProjectedDiscriminator
 from projgan.train.ema import ema_beta, update_ema
-from projgan.train.features import FeatureNetwork
+from projgan.train.features import FeatureNetwork, ScaleSpec
 from projgan.train.loop import train
 from projgan.train.losses import d_hinge_loss, g_loss
 from tests.conftest import tiny_train_cfg as tiny_cfg
@@ -42,19 +42,27 @@ def test_discriminator_gives_logits_per_scale(features, num_discs):
     assert any(k.startswith("features.ccm") for k in D.state_dict())  # random projections are in D's state
 
 
-def test_mini_discriminator_downsamples_to_at_most_8():
-    d = MiniDiscriminator(64, 56)
-    assert len(d) == 4  # 56 -> 28 -> 14 -> 7, then the logit conv
-    assert d(torch.randn(2, 64, 56, 56)).shape == (2, 1, 4, 4)
-    assert MiniDiscriminator(16, 2)(torch.randn(1, 16, 2, 2)).shape[-1] >= 1
+def test_mini_discriminator_depth_and_widths_follow_the_paper():
+    # Backbone at 224 px with CSM: maps 112/56/28/14, nominal 128/64/32/16 -> 4/3/2/1 blocks, 4x4 logits each.
+    for size, nominal, blocks in ((112, 128, 4), (56, 64, 3), (28, 32, 2), (14, 16, 1)):
+        d = MiniDiscriminator(ScaleSpec(64, size, nominal))
+        assert len(d) == blocks + 1
+        assert d(torch.randn(2, 64, size, size)).shape == (2, 1, 4, 4)
+    widths = [blk[0].out_channels for blk in list(MiniDiscriminator(ScaleSpec(64, 112, 128)))[:-1]]
+    assert widths == [64, 128, 256, 512]  # the FastGAN table at 64, 32, 16, 8
+    # A map too small for its depth (a tiny backbone input) keeps at least one pixel and one logit.
+    tiny = MiniDiscriminator(ScaleSpec(16, 2, 128))
+    assert len(tiny) == 2 and tiny(torch.randn(2, 16, 2, 2)).shape[-1] == 2
 
 
-def test_losses():
+def test_losses_average_all_logits_as_one_tensor():
     ones = [torch.ones(2, 5), torch.ones(2, 1)]
     assert float(d_hinge_loss([2 * o for o in ones], [-2 * o for o in ones])) == 0.0
-    assert float(d_hinge_loss([0 * o for o in ones], [0 * o for o in ones])) == 4.0  # (1 + 1) per scale
-    assert float(d_hinge_loss([0.5 * o for o in ones], [-0.5 * o for o in ones])) == 2.0
-    assert float(g_loss([3 * o for o in ones])) == -6.0
+    assert float(d_hinge_loss([0 * o for o in ones], [0 * o for o in ones])) == 2.0  # relu(1) + relu(1)
+    assert float(d_hinge_loss([0.5 * o for o in ones], [-0.5 * o for o in ones])) == 1.0
+    assert float(g_loss([3 * o for o in ones])) == -3.0
+    # Concatenated, not per scale: the 5-logit scale weighs 5x the 1-logit one.
+    assert float(g_loss([torch.zeros(2, 5), torch.full((2, 1), 6.0)])) == -1.0
 
 
 @pytest.mark.parametrize("policy", ["color", "translation", "cutout", "color,translation,cutout"])
@@ -122,11 +130,13 @@ def test_training_state_restores_d_projections_and_ema_exactly(tmp_path):
 
     b = step.build(tiny_cfg(tmp_path, precision="fp32", seed=7), rt)  # other random projections and weights
     x = torch.rand(4, 3, 32, 32) * 2 - 1
+    a.D.eval(), b.D.eval()  # (a train-mode forward would run one more spectral-norm power iteration on a)
     assert not torch.allclose(_d_out(a, x), _d_out(b, x))
+    a.D.train(), b.D.train()
     assert not torch.equal(a.D.features.ccm[0].weight, b.D.features.ccm[0].weight)
     step.load_state_dict(b, state)
     torch.testing.assert_close(b.D.features.ccm[0].weight, a.D.features.ccm[0].weight, rtol=0, atol=0)
-    torch.testing.assert_close(b.D.features.csm[1].weight, a.D.features.csm[1].weight, rtol=0, atol=0)
+    torch.testing.assert_close(b.D.features.csm[1].conv.weight, a.D.features.csm[1].conv.weight, rtol=0, atol=0)
     torch.testing.assert_close(_d_out(b, x), _d_out(a, x), rtol=0, atol=0)
     a.D.eval(), b.D.eval()
     torch.testing.assert_close(_d_out(b, x), _d_out(a, x), rtol=0, atol=0)
@@ -297,3 +307,56 @@ def test_pretrained_backbone_offline_is_one_clear_line_at_start(tmp_path):
     assert "pretrained tf_efficientnet_lite0 weights" in r.stderr and "--backbone-weights PATH" in r.stderr
     assert "Traceback" not in r.stderr and time.time() - t0 < 60
     assert not (tmp_path / "run" / artifacts.TRAINING_STATE).exists()
+
+
+# ---------------------------------------------------------------- what a run records
+
+
+def test_backbone_weights_are_recorded_everywhere(tmp_path, capsys):
+    import hashlib
+
+    import timm
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "lite0.safetensors"
+    save_file({k: v.contiguous() for k, v in timm.create_model("tf_efficientnet_lite0").state_dict().items()},
+              str(weights))
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    run = train(tiny_cfg(tmp_path, backbone_weights=str(weights)))
+    info = json.loads((run / artifacts.TRAIN_CONFIG).read_text())["backbone_info"]
+    assert info["weights"] == "pretrained" and info["sha256"] == sha and info["name"] == "tf_efficientnet_lite0"
+    header = artifacts.read_jsonl(run / artifacts.METRICS)[0]
+    assert header["kind"] == "header" and header["backbone"]["sha256"] == sha
+    meta = json.loads((run / artifacts.GENERATOR_DIR / artifacts.CONFIG_JSON).read_text())["meta"]
+    assert meta["backbone"]["sha256"] == sha and meta["discriminator"] == "projected"  # the model card shows meta
+    assert "RANDOM" not in capsys.readouterr().out
+    # Resuming keeps the record (the weights now live in the training state) and adds a header row.
+    train(tiny_cfg(tmp_path, backbone_weights=str(weights), kimg=0.012))
+    headers = [r for r in artifacts.read_jsonl(run / artifacts.METRICS) if r["kind"] == "header"]
+    assert [h["resumed"] for h in headers] == [False, True] and headers[1]["backbone"]["sha256"] == sha
+
+
+def test_random_backbone_is_said_loudly_and_recorded(tmp_path, capsys):
+    run = train(tiny_cfg(tmp_path))
+    assert capsys.readouterr().out.count("RANDOM weights") == 1
+    info = json.loads((run / artifacts.TRAIN_CONFIG).read_text())["backbone_info"]
+    assert info["weights"] == "random" and info["sha256"] is None
+
+
+def test_resume_takes_unset_options_from_the_run(tmp_path):
+    from projgan.evaluation.laws import make_law_dataset
+
+    data = make_law_dataset(tmp_path / "data", "disk", n=8, resolution=32)
+    base = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--device", "cpu", "--metrics", "none"]
+    first = base + ["--resolution", "32", "--ngf", "16", "--batch", "4", "--kimg", "0.004", "--tick-kimg", "0.004",
+                    "--discriminator", "dcgan", "--d-width", "16", "--optimizer", "nesterov", "--lr-schedule", "cosine"]
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    r = subprocess.run([sys.executable, "-m", "projgan", *first], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-m", "projgan", *base, "--kimg", "0.008"], capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "resuming at 0.004 kimg" in r.stdout
+    saved = json.loads((tmp_path / "run" / artifacts.TRAIN_CONFIG).read_text())
+    assert (saved["discriminator"], saved["optimizer"], saved["lr_schedule"], saved["kimg"]) == (
+        "dcgan", "nesterov", "cosine", 0.008)

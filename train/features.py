@@ -1,11 +1,13 @@
 """The frozen feature network D looks through: a timm backbone plus random projections (CCM, CSM).
 
-Projected GAN's discriminators never see pixels: they see four feature maps (strides 4/8/16/32) of a
-pretrained classifier, mixed across channels (CCM: random 1x1 convs) and across scales (CSM:
-top-down, each coarser map upsampled x2, passed through a random 3x3 conv and added to the finer
-one). Everything here is frozen (no parameter needs a gradient, BatchNorm stays in eval mode even
-when a parent calls ``.train()``) but differentiable with respect to the input, so G learns
-through it.
+Projected GAN's discriminators never see pixels: they see four feature maps of a pretrained
+classifier (strides 4/8/16/32), mixed across channels (CCM: a random 1x1 conv per scale, to
+64/128/256/512 channels) and across scales (CSM: top-down, each map is added to the fused coarser
+one, upsampled x2 bilinearly and passed through a random 1x1 conv that halves its channels, except
+the finest). With CSM the discriminators see strides 2/4/8/16 with 64/64/128/256 channels, as the
+paper's code builds them. Everything here is frozen (no parameter needs a gradient; BatchNorm stays
+in eval mode even when a parent calls ``.train()``) but differentiable with respect to the input,
+so G learns through it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,8 +25,12 @@ from torch.nn import functional as F
 from projgan.errors import UserError
 
 STRIDES = (4, 8, 16, 32)
-CCM_CHANNELS = (64, 128, 256, 512)
+CCM_CHANNELS = (64, 128, 256, 512)  # cout 64, expanded x2 per scale
+CSM_CHANNELS = (64, 64, 128, 256)  # each fusion halves the channels, except the finest
 HF_FILES = ("model.safetensors", "pytorch_model.bin")
+# Nominal map sizes, fixed from a 256 px reference whatever the data resolution (the paper's code does
+# this: it found the same number of down blocks per discriminator works best at every resolution).
+REFERENCE_RESOLUTION = 256
 
 
 # ---------------------------------------------------------------- weights
@@ -100,6 +107,65 @@ def resolve_backbone_weights(backbone: str, weights: str) -> str | None:
     raise UserError(f"could not download pretrained {backbone} weights", f"download {where} and pass its path")
 
 
+def describe_weights(weights: str, path: str | None) -> dict:
+    """What the run records about the backbone's weights: where they came from, their sha256, random or not."""
+    if path is None:
+        return {"weights": "random", "source": "none", "sha256": None}
+    from projgan.artifacts import sha256_file
+
+    return {"weights": "pretrained", "source": "pretrained" if weights == "pretrained" else str(Path(path).resolve()),
+            "sha256": sha256_file(path)}
+
+
+def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """A state dict from .safetensors or a torch file, without unpickling arbitrary objects."""
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            sd = load_file(path)
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load backbone weights {path}: {msg}", "pass a .safetensors or .pth state dict") from None
+    for wrapper in ("state_dict", "model"):  # common checkpoint wrappers around the weights
+        if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict):
+            sd = sd[wrapper]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise UserError(f"cannot load backbone weights {path}: not a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def load_backbone_weights(model: nn.Module, backbone: str, path: str) -> None:
+    """Load ``path`` into a timm ``features_only`` model, strictly.
+
+    timm loads ``features_only`` models non-strictly, so a file with the wrong keys would load
+    nothing and leave a random feature network: the worst silent failure a Projected GAN can have.
+    Every key the feature model needs must be in the file with its shape; the file may hold more
+    only where the full classifier has it (its head).
+    """
+    import timm
+
+    sd = _read_state_dict(path)
+    need = model.state_dict()
+    known = set(timm.create_model(backbone, pretrained=False).state_dict()) | set(need)
+    missing = [k for k in need if k not in sd]
+    unexpected = [k for k in sd if k not in known]
+    wrong = [k for k in need if k in sd and tuple(sd[k].shape) != tuple(need[k].shape)]
+    if missing or unexpected or wrong:
+        matched = len(need) - len(missing) - len(wrong)
+        parts = [f"{len(v)} {name} (e.g. {', '.join(v[:3])})"
+                 for name, v in (("missing", missing), ("unexpected", unexpected), ("with other shapes", wrong)) if v]
+        raise UserError(
+            f"--backbone-weights {path} does not fit {backbone}: {matched}/{len(need)} keys matched; "
+            + "; ".join(parts),
+            f"pass the state dict of timm's {backbone} (torch.save(timm.create_model('{backbone}', "
+            "pretrained=True).state_dict(), PATH)) or --backbone-weights none",
+        )
+    model.load_state_dict({k: sd[k] for k in need}, strict=True)
+
+
 # ---------------------------------------------------------------- network
 
 
@@ -121,6 +187,29 @@ def _stage_indices(backbone: str) -> tuple[int, ...]:
     return tuple(max(i for i, r in enumerate(reductions) if r == s) for s in STRIDES)
 
 
+class ScaleFusion(nn.Module):
+    """One CSM step: add the fused coarser map (if any), upsample x2 (bilinear, corners aligned),
+    then a random 1x1 conv (halving the channels when ``halve``)."""
+
+    def __init__(self, channels: int, halve: bool):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels // 2 if halve else channels, 1, bias=True)
+
+    def forward(self, x: torch.Tensor, coarser: torch.Tensor | None = None) -> torch.Tensor:
+        if coarser is not None:  # sizes differ only for backbone inputs that are not multiples of 32
+            x = x + (coarser if coarser.shape[-2:] == x.shape[-2:] else F.interpolate(coarser, size=x.shape[-2:]))
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=True))
+
+
+@dataclass(frozen=True)
+class ScaleSpec:
+    """What one discriminator sees: channels, actual map size, and nominal size (which sets its depth)."""
+
+    channels: int
+    size: int
+    nominal: int
+
+
 class FeatureNetwork(nn.Module):
     """Images in [-1, 1] -> four projected feature maps (finest first)."""
 
@@ -137,46 +226,38 @@ class FeatureNetwork(nn.Module):
 
         self.input_resolution = input_resolution
         self.projection = projection
-        kwargs = {}
+        self.backbone = timm.create_model(backbone, features_only=True, out_indices=_stage_indices(backbone))
         if weights is not None:
-            kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(file=weights))
-        try:
-            self.backbone = timm.create_model(
-                backbone, features_only=True, out_indices=_stage_indices(backbone), **kwargs
-            )
-        except (RuntimeError, OSError, ValueError, KeyError) as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"cannot load backbone weights {weights}: {msg}", f"pass weights for {backbone}") from None
+            load_backbone_weights(self.backbone, backbone, weights)
         info = self.backbone.feature_info
         assert tuple(info.reduction()) == STRIDES, info.reduction()
         self.backbone_channels = tuple(info.channels())
         mean = torch.tensor(self.backbone.pretrained_cfg.get("mean", (0.485, 0.456, 0.406)))
         std = torch.tensor(self.backbone.pretrained_cfg.get("std", (0.229, 0.224, 0.225)))
-        # [-1, 1] -> backbone normalisation in one affine map: (x + 1) / 2 - mean) / std.
+        # [-1, 1] -> backbone normalisation in one affine map: ((x + 1) / 2 - mean) / std.
         self.register_buffer("scale", (0.5 / std).view(1, 3, 1, 1))
         self.register_buffer("shift", ((0.5 - mean) / std).view(1, 3, 1, 1))
 
+        self.ccm = self.csm = None
+        channels, strides = self.backbone_channels, STRIDES
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # same random projections on every rank and every run
-            if projection == "none":
-                self.channels = self.backbone_channels
-                self.ccm = None
-            else:
-                self.channels = CCM_CHANNELS
-                self.ccm = nn.ModuleList(
-                    nn.Conv2d(c, o, 1, bias=True) for c, o in zip(self.backbone_channels, CCM_CHANNELS, strict=True)
-                )
-            self.csm = None
+            if projection != "none":
+                self.ccm = nn.ModuleList(nn.Conv2d(c, o, 1, bias=True) for c, o in zip(channels, CCM_CHANNELS, strict=True))
+                channels = CCM_CHANNELS
             if projection == "ccm+csm":
-                # csm[i] maps the (upsampled) map of scale i+1 to the channels of scale i.
-                self.csm = nn.ModuleList(
-                    nn.Conv2d(CCM_CHANNELS[i + 1], CCM_CHANNELS[i], 3, padding=1, bias=True) for i in range(3)
-                )
+                # csm[i] fuses scale i (and everything coarser); built coarsest first like the paper's code.
+                fusions = [ScaleFusion(CCM_CHANNELS[i], halve=i > 0) for i in (3, 2, 1, 0)]
+                self.csm = nn.ModuleList(reversed(fusions))
+                channels, strides = CSM_CHANNELS, tuple(s // 2 for s in STRIDES)
         self.requires_grad_(False)
         self.eval()
         with torch.no_grad():
             probe = torch.zeros(1, 3, input_resolution, input_resolution)
-            self.sizes = tuple(int(f.shape[-1]) for f in self(probe))
+            sizes = [int(f.shape[-1]) for f in self(probe)]
+        self.scales = tuple(ScaleSpec(c, s, REFERENCE_RESOLUTION // st) for c, s, st in zip(channels, sizes, strides, strict=True))
+        self.channels = tuple(channels)
+        self.sizes = tuple(sizes)
 
     def train(self, mode: bool = True):
         """Frozen: BatchNorm keeps its pretrained statistics whatever the parent's mode."""
@@ -185,15 +266,17 @@ class FeatureNetwork(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if x.shape[-1] != self.input_resolution or x.shape[-2] != self.input_resolution:
             down = x.shape[-1] > self.input_resolution
-            x = F.interpolate(x, size=(self.input_resolution,) * 2, mode="bilinear", align_corners=False, antialias=down)
+            # antialiased resizing has no bf16 kernel on the CPU: resize in fp32
+            x = F.interpolate(x.float() if down else x, size=(self.input_resolution,) * 2, mode="bilinear",
+                              align_corners=False, antialias=down)
         x = x * self.scale + self.shift
         feats = self.backbone(x)
         if self.ccm is not None:
             feats = [conv(f) for conv, f in zip(self.ccm, feats, strict=True)]
         if self.csm is not None:
-            out = [feats[3]]
-            for i in (2, 1, 0):
-                up = F.interpolate(out[0], size=feats[i].shape[-2:], mode="bilinear", align_corners=False)
-                out.insert(0, feats[i] + self.csm[i](up))
-            feats = out
+            fused = [None] * 4
+            coarser = None
+            for i in (3, 2, 1, 0):
+                coarser = fused[i] = self.csm[i](feats[i], coarser)
+            feats = fused
         return list(feats)

@@ -26,11 +26,12 @@ from projgan.errors import UserError
 from projgan.generator import sample_latents, to_uint8
 from projgan.train import dist, step
 from projgan.train.dataset import ImageDataset, check_resolution, load_images
-from projgan.train.features import resolve_backbone_weights
+from projgan.train.features import describe_weights, resolve_backbone_weights
 
 console = Console()
-# Options that change the networks: a resumed run must keep them.
-ARCH_KEYS = ("generator", "backbone", "projection", "num_discs")
+# Options that change the networks or the optimiser state: a resumed run must keep them.
+ARCH_KEYS = ("generator", "discriminator", "d_width", "backbone", "projection", "num_discs", "optimizer")
+LAW_IMAGES = 256  # samples per law-score record (fixed seeds 0..255)
 
 
 def train(cfg: TrainConfig, feature_extractor=None) -> Path:
@@ -99,8 +100,11 @@ class _Run:
         self.cfg, self.rt, self.extractor = cfg, rt, feature_extractor
         self.out = Path(cfg.out)
         self.stop_reason = ""
-        self.cur_nimg, self.cur_tick, self.wall0, self.best_fid = 0, 0, 0.0, math.inf
+        # best_score: FID when it is measured, else 1 - law valid fraction (lower is better either way)
+        self.cur_nimg, self.cur_tick, self.wall0, self.best_score = 0, 0, 0.0, math.inf
         self.tracker = None
+        self.law = None  # the procedural law of the data, when it has one (law.json)
+        self.backbone_info: dict | None = None
 
     def log(self, msg: str) -> None:
         if self.rt.main:
@@ -118,6 +122,7 @@ class _Run:
             prev = None  # no (readable) config: the state's own shapes are checked when it loads
         if isinstance(prev, dict):
             new = json.loads(json.dumps(self.cfg.to_dict(), default=list))
+            prev = json.loads(json.dumps(TrainConfig.from_dict(prev).to_dict(), default=list))  # defaults filled in
             changed = [k for k in ARCH_KEYS if prev.get(k) != new.get(k)]
             if step.backbone_resolution(TrainConfig.from_dict(prev)) != step.backbone_resolution(self.cfg):
                 changed.append("backbone_resolution")
@@ -135,9 +140,17 @@ class _Run:
             _ensure_writable(self.out)
         state = self._read_resume_state()
         weights = None
-        if state is None and rt.main:
+        projected = cfg.discriminator == "projected"
+        if state is None and rt.main and projected:
             weights = resolve_backbone_weights(cfg.backbone, cfg.backbone_weights)  # fails fast offline
-        if cfg.metrics and self.extractor is None and rt.main:
+        if "law" in cfg.metrics:
+            from projgan.evaluation.laws import LAW_FILE, read_law
+
+            self.law = read_law(cfg.data)
+            if self.law is None:
+                raise UserError(f"--metrics law: {cfg.data} has no {LAW_FILE} naming a known law",
+                                "use it with a procedural dataset (pipeline quickstart makes one), or drop 'law'")
+        if {"fid", "kid"} & set(cfg.metrics) and self.extractor is None and rt.main:
             from projgan.evaluation.metrics import load_extractor
 
             self.extractor = load_extractor(cfg.inception_weights, device=str(rt.device))
@@ -148,15 +161,19 @@ class _Run:
         dist.barrier(rt)
         if not rt.main:  # the cache rank 0 just wrote; weights rank 0 just fetched
             images, _ = load_images(cfg.data, cfg.generator.resolution, cache_dir=self.out, progress=False)
-            if state is None:
+            if state is None and projected:
                 weights = resolve_backbone_weights(cfg.backbone, cfg.backbone_weights)
         self.data = ImageDataset(images, rt.device, xflip=cfg.xflip)
         self.t = step.build(cfg, rt, weights)
+        if projected:  # where the backbone's weights came from: recorded with the run, said at start
+            self.backbone_info = (state or {}).get("backbone") or describe_weights(cfg.backbone_weights, weights)
+            self.backbone_info = {"name": cfg.backbone, **self.backbone_info}
         if state is not None:
             step.load_state_dict(self.t, state)
             c = state["counters"]
             self.cur_nimg, self.cur_tick, self.wall0 = int(c["cur_nimg"]), int(c["cur_tick"]), float(c["wall"])
-            self.best_fid = float(c["best_fid"]) if c["best_fid"] >= 0 else math.inf
+            best = float(c.get("best_score", c.get("best_fid", -1.0)))
+            self.best_score = best if best >= 0 else math.inf
             if rt.main:
                 _set_rng_state(state["rng"], rt.device)
             else:
@@ -164,29 +181,45 @@ class _Run:
         else:
             torch.manual_seed(cfg.seed * 7919 + rt.rank)
             np.random.seed((cfg.seed * 7919 + rt.rank) % 2**32)
-        if rt.main:
-            self._prepare_files(images, resumed=state is not None)
         total = int(round(cfg.kimg * 1000))
-        if self.cur_nimg >= total:
+        if self.cur_nimg >= total:  # before any file is touched
             self.log(f"{self.out} is already trained to {self.cur_nimg / 1000:g} kimg (budget {cfg.kimg:g}): "
                      "nothing to do; raise --kimg to continue")
             return False
+        if rt.main:
+            self._prepare_files(images, resumed=state is not None)
         g_params = sum(p.numel() for p in self.t.G.parameters())
         d_params = sum(p.numel() for p in self.t.D.parameters() if p.requires_grad)
+        what = (f"projected D ({cfg.projection}, {cfg.num_discs} scales) on {cfg.backbone} at "
+                f"{step.backbone_resolution(cfg)} px" if projected else f"{cfg.discriminator} D (width {cfg.d_width})")
         self.log(
             f"{'resuming at ' + format(self.cur_nimg / 1000, 'g') + ' kimg' if state else 'starting'}: "
             f"{rt.device} x{rt.world}, {self.t.precision}, G {g_params / 1e6:.2f} M, D {d_params / 1e6:.2f} M params, "
-            f"backbone {cfg.backbone} at {step.backbone_resolution(cfg)} px, batch {cfg.batch}"
+            f"{what}, {cfg.optimizer} lr {cfg.lr:g}{f' (G {cfg.g_lr:g})' if cfg.g_lr else ''} {cfg.lr_schedule}, "
+            f"batch {cfg.batch}"
         )
+        if self.backbone_info and self.backbone_info["weights"] == "random":
+            self.log(f"[bold yellow]WARNING: the discriminator's backbone {cfg.backbone} has RANDOM weights "
+                     "(--backbone-weights none).[/] Projected GAN's speed and quality come from pretrained "
+                     "features: expect slower convergence and worse FID. Pass --backbone-weights pretrained|PATH "
+                     "for real training.")
         return True
 
     def _prepare_files(self, images: np.ndarray, resumed: bool) -> None:
-        artifacts.atomic_write_json(self.out / artifacts.TRAIN_CONFIG, self.cfg.to_dict())
+        artifacts.atomic_write_json(self.out / artifacts.TRAIN_CONFIG,
+                                    {**self.cfg.to_dict(), "backbone_info": self.backbone_info, "law": self.law})
         metrics = self.out / artifacts.METRICS
         rows = artifacts.read_jsonl(metrics)
         keep = [r for r in rows if resumed and r.get("kimg", 0) * 1000 <= self.cur_nimg + 1e-6]
         if len(keep) != len(rows) or (rows and metrics.read_text().count("\n") != len(rows)):
             artifacts.rewrite_jsonl(metrics, keep)  # drop rows newer than the state (and torn lines)
+        # A header row at every start: what this stretch of rows was trained with.
+        artifacts.append_jsonl(metrics, {
+            "kind": "header", "kimg": round(self.cur_nimg / 1000, 3), "resumed": resumed,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "discriminator": self.cfg.discriminator,
+            "backbone": self.backbone_info, "optimizer": self.cfg.optimizer, "lr_schedule": self.cfg.lr_schedule,
+            "law": self.law, "world": self.rt.world,
+        })
         if self.cfg.metrics:
             self._plot_fid()
         reals = self.out / artifacts.SAMPLES_DIR / "reals.png"
@@ -208,7 +241,8 @@ class _Run:
 
     def meta(self, fid: float | None = None) -> dict:
         return {"kimg": round(self.cur_nimg / 1000, 3), "fid": fid, "dataset": Path(self.cfg.data.rstrip("/")).name,
-                "run": self.out.name}
+                "run": self.out.name, "discriminator": self.cfg.discriminator, "backbone": self.backbone_info,
+                "law": self.law, "law_valid": getattr(self, "last_law_valid", None)}
 
     def snapshot(self) -> None:
         dist.assert_in_sync(self.t.G, self.rt, "G")
@@ -218,46 +252,60 @@ class _Run:
         kimg = self.cur_nimg / 1000
         seeds = range(self.cfg.sample_seeds)
         _write_png(self.out / artifacts.SAMPLES_DIR / f"kimg{kimg:09.3f}.png", _grid(self.generate(seeds)))
-        fid = None if math.isinf(self.best_fid) else self.last_fid
+        fid = self.last_fid
         artifacts.save_generator(self.out / artifacts.GENERATOR_DIR, self.t.G_ema, self.meta(fid))
         state = step.state_dict(self.t)
         state["rng"] = _rng_state(self.rt.device)
+        if self.backbone_info:
+            state["backbone"] = {k: v for k, v in self.backbone_info.items() if k != "name"}
         state["counters"] = {
             "cur_nimg": self.cur_nimg, "cur_tick": self.cur_tick, "wall": self.wall(),
-            "best_fid": -1.0 if math.isinf(self.best_fid) else self.best_fid,
+            "best_score": -1.0 if math.isinf(self.best_score) else self.best_score,
         }
         artifacts.save_training_state(self.out / artifacts.TRAINING_STATE, state)
 
     def evaluate(self) -> None:
-        """FID/KID of EMA samples vs the training images; keeps generator-best/ at the best FID."""
+        """FID/KID (and the law score on procedural data) of EMA samples; keeps generator-best/ at the
+        best FID (or, without FID, the highest valid fraction)."""
         if not self.rt.main:
             return
-        if self.tracker is None:
-            from projgan.evaluation.metrics import MetricTracker
-
-            self.tracker = MetricTracker(
-                self.cfg.metrics, self.data.numpy_nhwc(), cache_dir=self.out, num_images=self.cfg.fid_images,
-                extractor=self.extractor, device=str(self.rt.device),
-            )
         t0 = time.time()
         self.t.G_ema.eval()
-        progress, done = self._fid_progress()
-        try:
-            values = self.tracker(self.generate, progress=progress)
-        finally:
-            done()
+        values: dict[str, float] = {}
+        fid_metrics = tuple(m for m in self.cfg.metrics if m in ("fid", "kid"))
+        if fid_metrics:
+            if self.tracker is None:
+                from projgan.evaluation.metrics import MetricTracker
+
+                self.tracker = MetricTracker(
+                    fid_metrics, self.data.numpy_nhwc(), cache_dir=self.out, num_images=self.cfg.fid_images,
+                    extractor=self.extractor, device=str(self.rt.device),
+                )
+            progress, done = self._fid_progress()
+            try:
+                values.update(self.tracker(self.generate, progress=progress))
+            finally:
+                done()
+        if self.law:
+            from projgan.evaluation.law_score import law_score
+
+            s = law_score(self.generate(range(LAW_IMAGES)), self.law)
+            values.update(law_valid=s["valid"], law_distance=s["param_distance"], law_spread=s["spread"])
+            self.last_law_valid = s["valid"]
         row = {"kind": "metric", "kimg": round(self.cur_nimg / 1000, 3), "wall": round(self.wall(), 2),
-               **{k: float(v) for k, v in values.items()}, "num_images": self.cfg.fid_images,
-               "seconds": round(time.time() - t0, 2)}
+               **{k: (None if v is None else float(v)) for k, v in values.items()},
+               "num_images": self.cfg.fid_images if fid_metrics else LAW_IMAGES, "seconds": round(time.time() - t0, 2)}
         artifacts.append_jsonl(self.out / artifacts.METRICS, row)
         self._plot_fid()
         fid = values.get("fid")
         self.last_fid = fid
-        if fid is not None and fid < self.best_fid:
-            self.best_fid = fid
+        score = fid if fid is not None else 1.0 - values.get("law_valid", 0.0)
+        if score < self.best_score:
+            self.best_score = score
             artifacts.save_generator(self.out / artifacts.BEST_GENERATOR_DIR, self.t.G_ema, self.meta(fid))
-        self.log(f"  kimg {row['kimg']:g}: " + ", ".join(f"{k} {float(v):.3f}" for k, v in values.items())
-                 + f" (best FID {self.best_fid:.3f}, {row['seconds']:.0f} s)")
+        shown = ", ".join(f"{k} {float(v):.3f}" for k, v in values.items() if v is not None)
+        best = f"best FID {self.best_score:.3f}" if fid is not None else f"best valid {1 - self.best_score:.3f}"
+        self.log(f"  kimg {row['kimg']:g}: {shown} ({best}, {row['seconds']:.0f} s)")
 
     def _fid_progress(self):
         """A second bar under the training bar while FID features are computed; (callback, cleanup)."""
@@ -278,11 +326,15 @@ class _Run:
         return (progress if bar is not None else None), done
 
     def _plot_fid(self) -> None:
-        rows = [r for r in artifacts.read_jsonl(self.out / artifacts.METRICS) if "fid" in r]
-        if rows:
+        rows = artifacts.read_jsonl(self.out / artifacts.METRICS)
+        if any("fid" in r for r in rows):
             from projgan.evaluation.plots import plot_fid
 
-            plot_fid(rows, self.out / artifacts.FID_PLOT)
+            plot_fid([r for r in rows if "fid" in r], self.out / artifacts.FID_PLOT)
+        if any("law_valid" in r for r in rows):
+            from projgan.evaluation.plots import plot_law
+
+            plot_law([r for r in rows if "law_valid" in r], self.out / artifacts.LAW_PLOT, title=f"law: {self.law}")
 
     def wall(self) -> float:
         return self.wall0 + time.time() - self.t_start
@@ -318,17 +370,21 @@ class _Run:
         self.last_fid = None
         self.t_start = time.time()
         tick_start_nimg, tick_start_time = self.cur_nimg, self.t_start
+        # With a wall-clock budget (--max-minutes) the bar counts minutes (kimg go to the info column).
+        timed = cfg.max_minutes > 0
+        unit = "min" if timed else "kimg"
         columns = [
-            TextColumn("[bold]{task.description}[/]"), BarColumn(), TextColumn("{task.completed:.2f}/{task.total:g} kimg"),
+            TextColumn("[bold]{task.description}[/]"), BarColumn(), TextColumn("{task.completed:.2f}/{task.total:g} " + unit),
             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
         ]
         with Progress(*columns, console=console, disable=not self.rt.main) as bar:
             self.bar = bar
-            task = bar.add_task("train", total=cfg.kimg, completed=self.cur_nimg / 1000, info="")
+            task = bar.add_task("train", total=cfg.max_minutes if timed else cfg.kimg,
+                                completed=0 if timed else self.cur_nimg / 1000, info="")
             while True:
                 reals = self.data.sample(t.batch_per_rank, self.rt.device)
                 self.cur_nimg = step.train_step(t, reals, self.cur_nimg)
-                bar.update(task, completed=self.cur_nimg / 1000)
+                bar.update(task, completed=(time.time() - self.t_start) / 60 if timed else self.cur_nimg / 1000)
                 done = self.cur_nimg >= total
                 timeout = cfg.max_minutes > 0 and time.time() - self.t_start > cfg.max_minutes * 60
                 if dist.any_rank(bool(self.stop_reason) or timeout, self.rt) and not self.stop_reason:
@@ -346,7 +402,7 @@ class _Run:
                     row["gpu_mem_gb"] = round(torch.cuda.max_memory_allocated(self.rt.device) / 2**30, 2)
                 if self.rt.main:
                     artifacts.append_jsonl(self.out / artifacts.METRICS, row)
-                    info = f"{row['sec_per_kimg']:.1f} s/kimg  D {row['loss_D']:.3f}  G {row['loss_G']:.3f}"
+                    info = (f"{row['kimg']:g} kimg  " if timed else "") + f"{row['sec_per_kimg']:.1f} s/kimg  D {row.get('loss_D', math.nan):.3f}  G {row.get('loss_G', math.nan):.3f}"
                     bar.update(task, info=info)
                     if not console.is_terminal:
                         console.print(f"tick {self.cur_tick}  kimg {row['kimg']:g}  {info}", highlight=False)

@@ -1,7 +1,8 @@
 """Projected GAN losses: hinge for D, ``-D(G(z))`` for G.
 
-D returns one logit tensor per feature scale; each scale's loss is averaged over its logits and
-the scales are summed, so every mini-discriminator has the same say whatever its map size.
+D returns one logit tensor per feature scale (or per path, for the pixel baselines). As in the
+paper's code, they are concatenated and averaged as one tensor: scales with more logits weigh more
+(with the published geometry every scale has the same 4x4 map, so they weigh the same).
 """
 
 from __future__ import annotations
@@ -10,14 +11,15 @@ import torch
 from torch.nn import functional as F
 
 
+def _cat(logits: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([x.float().flatten(1) for x in logits], dim=1)
+
+
 def d_hinge_loss(real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor]) -> torch.Tensor:
-    """sum over scales of mean(relu(1 - D(x))) + mean(relu(1 + D(G(z))))."""
-    loss = 0.0
-    for r, f in zip(real_logits, fake_logits, strict=True):
-        loss = loss + F.relu(1.0 - r.float()).mean() + F.relu(1.0 + f.float()).mean()
-    return loss
+    """mean(relu(1 - D(x))) + mean(relu(1 + D(G(z)))) over all logits."""
+    return F.relu(1.0 - _cat(real_logits)).mean() + F.relu(1.0 + _cat(fake_logits)).mean()
 
 
 def g_loss(fake_logits: list[torch.Tensor]) -> torch.Tensor:
-    """sum over scales of -mean(D(G(z)))."""
-    return sum(-f.float().mean() for f in fake_logits)
+    """-mean(D(G(z))) over all logits."""
+    return -_cat(fake_logits).mean()

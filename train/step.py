@@ -20,6 +20,8 @@ from projgan.train.discriminator import ProjectedDiscriminator
 from projgan.train.ema import ema_beta, update_ema
 from projgan.train.features import FeatureNetwork
 from projgan.train.losses import d_hinge_loss, g_loss
+from projgan.train.optim import apply_schedule, build_optimizer
+from projgan.train.pixel_discriminators import DCGANDiscriminator, FastGANDiscriminator
 
 STATE_FORMAT = "projgan.training-state"
 
@@ -39,7 +41,7 @@ class Trainer:
     rt: dist.Runtime
     G: Generator
     G_ema: Generator
-    D: ProjectedDiscriminator
+    D: nn.Module  # ProjectedDiscriminator, or a pixel baseline (FastGAN / DCGAN)
     opt_G: torch.optim.Optimizer
     opt_D: torch.optim.Optimizer
     scaler_G: torch.amp.GradScaler
@@ -61,8 +63,18 @@ class Trainer:
         return self.cfg.batch // self.rt.world
 
 
+def build_discriminator(cfg: TrainConfig, backbone_weights: str | None) -> nn.Module:
+    """``--discriminator``: the projected D (frozen backbone + random projections) or a pixel baseline."""
+    if cfg.discriminator == "fastgan":
+        return FastGANDiscriminator(cfg.generator.resolution, cfg.d_width)
+    if cfg.discriminator == "dcgan":
+        return DCGANDiscriminator(cfg.generator.resolution, cfg.d_width)
+    feats = FeatureNetwork(cfg.backbone, backbone_weights, cfg.projection, backbone_resolution(cfg), seed=cfg.seed + 1)
+    return ProjectedDiscriminator(feats, cfg.num_discs)
+
+
 def build(cfg: TrainConfig, rt: dist.Runtime, backbone_weights: str | None = None) -> Trainer:
-    """Generator (spectral norm on), its EMA, the projected D, Adam optimisers and grad scalers.
+    """Generator (spectral norm on), its EMA, the discriminator, optimisers and grad scalers.
 
     Models are initialised from ``cfg.seed`` identically on every rank, then broadcast from rank 0.
     """
@@ -74,10 +86,7 @@ def build(cfg: TrainConfig, rt: dist.Runtime, backbone_weights: str | None = Non
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         G = Generator(cfg.generator, spectral=True)
-        feats = FeatureNetwork(
-            cfg.backbone, backbone_weights, cfg.projection, backbone_resolution(cfg), seed=cfg.seed + 1
-        )
-        D = ProjectedDiscriminator(feats, cfg.num_discs)
+        D = build_discriminator(cfg, backbone_weights)
     # Under torch.compile, inductor picks conv layouts itself; hand-set channels_last there made
     # torch 2.11's inductor assert on a conv-backward stride (D frozen in the G step) on an H100.
     channels_last = cfg.channels_last and not cfg.compile
@@ -87,9 +96,8 @@ def build(cfg: TrainConfig, rt: dist.Runtime, backbone_weights: str | None = Non
     dist.broadcast_module(G, rt)
     dist.broadcast_module(D, rt)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    betas = (float(cfg.betas[0]), float(cfg.betas[1]))
-    opt_G = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=betas, eps=cfg.eps)
-    opt_D = torch.optim.Adam([p for p in D.parameters() if p.requires_grad], lr=cfg.lr, betas=betas, eps=cfg.eps)
+    opt_G = build_optimizer(G.parameters(), cfg, "G")
+    opt_D = build_optimizer([p for p in D.parameters() if p.requires_grad], cfg, "D")
     fp16 = precision == "fp16"
     t = Trainer(
         cfg=cfg, rt=rt, G=G, G_ema=G_ema, D=D, opt_G=opt_G, opt_D=opt_D,
@@ -122,13 +130,19 @@ def _accumulate(t: Trainer, **values: torch.Tensor) -> None:
 
 
 def d_step(t: Trainer, reals: torch.Tensor) -> None:
-    """Hinge loss on augmented reals vs augmented fakes (G frozen for this step)."""
+    """Hinge loss on augmented reals vs augmented fakes (G frozen for this step); FastGAN's D adds
+    its reconstruction loss on the reals."""
     with torch.no_grad(), _autocast(t):
         fakes = t.G_fwd(_latents(t, reals.shape[0]))
     with _autocast(t):
-        real_logits = t.D_fwd(_prep(t, reals))
+        if isinstance(t.D, FastGANDiscriminator):
+            real_logits, recon = t.D_fwd(_prep(t, reals), reconstruct=True)
+        else:
+            real_logits, recon = t.D_fwd(_prep(t, reals)), None
         fake_logits = t.D_fwd(_prep(t, fakes.float()))
         loss = d_hinge_loss(real_logits, fake_logits)
+        if recon is not None:
+            loss = loss + recon
     t.opt_D.zero_grad(set_to_none=True)
     t.scaler_D.scale(loss).backward()
     dist.all_reduce_grads(t.opt_D.param_groups[0]["params"], t.rt)
@@ -139,18 +153,23 @@ def d_step(t: Trainer, reals: torch.Tensor) -> None:
         D_real=sum(r.float().mean() for r in real_logits) / len(real_logits),
         D_fake=sum(f.float().mean() for f in fake_logits) / len(fake_logits),
     )
+    if recon is not None:
+        _accumulate(t, loss_recon=recon)
 
 
 def g_step(t: Trainer, n: int) -> None:
-    """-D(G(z)) through the augmentation and the frozen feature network; D's weights get no grad."""
-    t.D.discs.requires_grad_(False)
+    """-D(G(z)) through the augmentation (and the frozen feature network); D's weights get no grad."""
+    trainable = t.opt_D.param_groups[0]["params"]
+    for p in trainable:
+        p.requires_grad_(False)
     try:
         with _autocast(t):
             loss = g_loss(t.D_fwd(_prep(t, t.G_fwd(_latents(t, n)))))
         t.opt_G.zero_grad(set_to_none=True)
         t.scaler_G.scale(loss).backward()
     finally:
-        t.D.discs.requires_grad_(True)
+        for p in trainable:
+            p.requires_grad_(True)
     dist.all_reduce_grads(t.opt_G.param_groups[0]["params"], t.rt)
     t.scaler_G.step(t.opt_G)
     t.scaler_G.update()
@@ -159,6 +178,8 @@ def g_step(t: Trainer, n: int) -> None:
 
 def train_step(t: Trainer, reals: torch.Tensor, cur_nimg: int) -> int:
     """One D step, one G step, one EMA update. Returns the new image count (global batch added)."""
+    if t.cfg.lr_schedule != "constant":
+        apply_schedule(t.opt_G, t.opt_D, t.cfg, cur_nimg)
     d_step(t, reals)
     g_step(t, reals.shape[0])
     cur_nimg += t.cfg.batch
