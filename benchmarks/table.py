@@ -53,6 +53,18 @@ def rows() -> list[str]:
             f"| export 256 px, ngf 128 --fp16 | {e['machine']['cores']}-core CPU | ONNX export / whole export with parity "
             f"| {ex['onnx_fp32_export_seconds']:.0f} s / {ex['wall_seconds_total']:.0f} s | export_cpu.json |"
         )
+    for f in sorted((HERE / "convergence").glob("*.json")):
+        cv = json.loads(f.read_text())
+        m = cv["machine"]
+        for run in cv["runs"]:
+            best = max(run["curve"], key=lambda r: r["law_valid"])
+            last = run["curve"][-1]
+            out.append(
+                f"| convergence, law '{cv['law']}' {cv['resolution']} px, ngf {cv['ngf']} | {m['cpu']}, "
+                f"{m['torch_threads']} thread(s) | {run['setting']} D, {cv['minutes_per_setting']:g} min "
+                f"| valid {last['law_valid']:.2f} at {last['kimg']:.0f} kimg (best {best['law_valid']:.2f}), "
+                f"FID proxy {last['fid_proxy']:.1f}, {run['sec_per_kimg']:.1f} s/kimg | convergence/{f.name} |"
+            )
     for f in sorted((HERE / "serve_load").glob("*.json")):
         s = json.loads(f.read_text())
         tg, m = s["targets"], s["model"]

@@ -113,6 +113,40 @@ def plot_law(rows: list[dict[str, Any]], out_png: str | Path, title: str = "") -
     return _save(fig, out_png)
 
 
+def plot_run(run_dir: str | Path, out_png: str | Path) -> Path | None:
+    """One picture of a run: the latest sample grid beside its quality curve (law score, else FID)."""
+    import numpy as np
+    from PIL import Image
+
+    from projgan.artifacts import METRICS, SAMPLES_DIR, read_jsonl
+
+    run = Path(run_dir)
+    grids = sorted((run / SAMPLES_DIR).glob("kimg*.png"))
+    if not grids:
+        return None
+    rows = read_jsonl(run / METRICS)
+    law = [r for r in rows if isinstance(r.get("law_valid"), (int, float))]
+    fid = [r for r in rows if isinstance(r.get("fid"), (int, float))]
+    plt = _pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 5), gridspec_kw={"width_ratios": [1, 1.1]})
+    ax1.imshow(np.asarray(Image.open(grids[-1]).convert("RGB")), interpolation="nearest")
+    ax1.set_axis_off()
+    ax1.set_title(f"EMA samples at {grids[-1].stem.removeprefix('kimg').lstrip('0') or '0'} kimg", fontsize=10)
+    series = [("law valid fraction (higher is better)", "law_valid", law, "tab:green")] if law else []
+    series += [("FID (lower is better)", "fid", fid, "tab:blue")] if fid and not law else []
+    for label, key, pts, color in series:
+        ax2.plot([(_minutes(r) or 0) for r in pts], [r[key] for r in pts], "o-", ms=3, color=color)
+        ax2.set_ylabel(label)
+    if law:
+        ax2.set_ylim(0, 1)
+    ax2.set_xlabel("wall-clock minutes of training")
+    ax2.grid(alpha=0.3)
+    last = law[-1]["law_valid"] if law else (fid[-1]["fid"] if fid else None)
+    ax2.set_title(f"{run.name}: " + (f"{last:.0%} valid" if law else f"FID {last:.2f}" if fid else ""), fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
 def plot_bench(result: dict[str, Any], out_png: str | Path) -> Path | None:
     """Left: images/s against batch size, one line per backend. Right: batch latency distribution."""
     points = [p for p in result.get("results", []) if p.get("latencies_ms")]

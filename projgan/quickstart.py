@@ -93,11 +93,15 @@ def quickstart(out: str = "runs/quickstart", minutes: float = 4.25, serve: bool 
     if law:
         verdict = "[green]recognisable[/]" if row["law_valid"] >= 0.5 else "[yellow]not yet recognisable[/]"
         console.print(f"law '{law}': {row['law_valid']:.0%} of 512 samples are valid objects of the law ({verdict}); "
-                      f"parameter distance {row['law_distance']:.3f}, spread {row['law_spread']:.2f}")
+                      + (f"parameter distance {row['law_distance']:.3f}, spread {row['law_spread']:.2f}"
+                         if row.get("law_distance") is not None else "too few valid samples to compare parameters"))
     else:
         console.print(f"{fid_name}: {row['fid']:.2f} on 512 samples (no known law for {data}: no law score)")
-    console.print(f"[green]✓[/] whole pipeline in {time.time() - t0:.0f} s: run {run} (samples in "
-                  f"{run / 'samples'}), export {export_dir}")
+    from projgan.evaluation.plots import plot_run
+
+    summary = plot_run(run, run / "summary.png")
+    console.print(f"[green]✓[/] whole pipeline in {time.time() - t0:.0f} s: run {run} (samples and curve in "
+                  f"{summary}), export {export_dir}")
 
     if serve:
         console.print(Rule("5/5  serve"))

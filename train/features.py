@@ -166,6 +166,14 @@ def load_backbone_weights(model: nn.Module, backbone: str, path: str) -> None:
     model.load_state_dict({k: sd[k] for k in need}, strict=True)
 
 
+def check_backbone_weights(backbone: str, path: str) -> None:
+    """Refuse a weights file that does not fit ``backbone`` (a throwaway model; about a second)."""
+    import timm
+
+    load_backbone_weights(timm.create_model(backbone, features_only=True, out_indices=_stage_indices(backbone)),
+                          backbone, path)
+
+
 # ---------------------------------------------------------------- network
 
 

@@ -26,7 +26,7 @@ from projgan.errors import UserError
 from projgan.generator import sample_latents, to_uint8
 from projgan.train import dist, step
 from projgan.train.dataset import ImageDataset, check_resolution, load_images
-from projgan.train.features import describe_weights, resolve_backbone_weights
+from projgan.train.features import check_backbone_weights, describe_weights, resolve_backbone_weights
 
 console = Console()
 # Options that change the networks or the optimiser state: a resumed run must keep them.
@@ -143,6 +143,8 @@ class _Run:
         projected = cfg.discriminator == "projected"
         if state is None and rt.main and projected:
             weights = resolve_backbone_weights(cfg.backbone, cfg.backbone_weights)  # fails fast offline
+            if weights is not None:
+                check_backbone_weights(cfg.backbone, weights)  # wrong keys: refused before the data is read
         if "law" in cfg.metrics:
             from projgan.evaluation.laws import LAW_FILE, read_law
 
