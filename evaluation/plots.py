@@ -131,7 +131,7 @@ def plot_run(run_dir: str | Path, out_png: str | Path) -> Path | None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 5), gridspec_kw={"width_ratios": [1, 1.1]})
     ax1.imshow(np.asarray(Image.open(grids[-1]).convert("RGB")), interpolation="nearest")
     ax1.set_axis_off()
-    ax1.set_title(f"EMA samples at {grids[-1].stem.removeprefix('kimg').lstrip('0') or '0'} kimg", fontsize=10)
+    ax1.set_title(f"EMA samples at {float(grids[-1].stem.removeprefix('kimg')):g} kimg", fontsize=10)
     series = [("law valid fraction (higher is better)", "law_valid", law, "tab:green")] if law else []
     series += [("FID (lower is better)", "fid", fid, "tab:blue")] if fid and not law else []
     for label, key, pts, color in series:
