@@ -26,12 +26,12 @@ import torch
 
 from projgan import artifacts
 from projgan.config import GeneratorConfig, TrainConfig
-from projgan.evaluation.bench import machine, versions
 from projgan.evaluation.evaluate import default_cache_dir
+from projgan.evaluation.fid import MetricTracker, proxy_extractor
 from projgan.evaluation.law_score import law_score
 from projgan.evaluation.laws import get_law, law_params
-from projgan.evaluation.metrics import MetricTracker, proxy_extractor
 from projgan.generator import sample_latents, to_uint8
+from projgan.hardware import machine, versions
 from projgan.train import dist, step
 from projgan.train.dataset import ImageDataset
 
@@ -85,9 +85,9 @@ def run_setting(name: str, overrides: dict, images: np.ndarray, law: str, args, 
     losses = step.pop_stats(t)
     from PIL import Image
 
-    from projgan.train.loop import _grid
+    from projgan.train.loop import image_grid
 
-    grid = _grid(samples[:64])
+    grid = image_grid(samples[:64])
     Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(
         Path(args.out) / f"samples_{name.replace(' ', '_').replace('+', '')}.png")
     d_params = sum(p.numel() for p in t.D.parameters() if p.requires_grad)

@@ -89,7 +89,8 @@ def main() -> None:
                 "file_bytes": {k: v["bytes"] for k, v in m["files"].items()},
             },
             "parity": {
-                k: {f: e.get(f) for f in ("passed", "max_abs", "psnr", "psnr_min", "ssim_min", "ref_std", "worst_seed")}
+                k: {f: e.get(f) for f in ("passed", "max_abs", "psnr", "psnr_min", "ssim_min", "ref_std", "max_abs_seed",
+                                         "psnr_min_seed", "ssim_min_seed")}
                 for k, e in m["parity"].items()
             },
             "onnxruntime_cpu": results,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -33,6 +32,7 @@ import torch
 from projgan import artifacts
 from projgan.config import GeneratorConfig
 from projgan.generator import Generator, sample_latents
+from projgan.hardware import machine, versions
 from projgan.serve.backends import load_backend
 
 
@@ -228,23 +228,6 @@ def batch_stats(m0: dict, m1: dict, seconds: float) -> dict:
     }
 
 
-def machine() -> dict:
-    model = ""
-    try:
-        model = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "loadavg_start": os.getloadavg(),
-    }
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", help="generator/export dir; default: a random generator of --resolution/--ngf")
@@ -272,7 +255,8 @@ def main() -> None:
     backend = load_backend(source, args.backend, args.device)
     desc = backend.describe()
     print(f"backend {desc['backend']} {desc['precision']} on {desc['device']}, {desc['resolution']} px", flush=True)
-    result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine(), "model": desc}
+    result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": {**machine(), "loadavg_start": os.getloadavg()},
+              "versions": versions(), "model": desc}
 
     backend.warmup([1, args.max_batch])
     port = free_port()

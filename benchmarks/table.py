@@ -34,7 +34,7 @@ def rows() -> list[str]:
         for r in t["results"]:
             out.append(
                 f"| training step {r['resolution']} px, ngf {r['ngf']}, batch {r['batch']} | {t['machine']['cpu']}, "
-                f"{t['machine']['cpu_count']} cores | {r['precision']}, channels_last {'on' if r['channels_last'] else 'off'}, "
+                f"{t['machine'].get('cpu_count', t['machine'].get('cores'))} cores | {r['precision']}, channels_last {'on' if r['channels_last'] else 'off'}, "
                 f"compile {'on' if r['compile'] else 'off'} | {r['sec_per_kimg']:.0f} s/kimg | train_cpu.json |"
             )
     c = _load("train_cuda.json")

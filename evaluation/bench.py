@@ -4,7 +4,9 @@ and the fraction of the machine's measured matmul peak each backend reaches.
 Every backend runs through ``load_backend`` (the code serving runs) and is timed on
 ``Backend.generate`` (latents in, uint8 NHWC out, what a client receives). The peak comes from a
 matmul microbenchmark in the same process, so "fraction of peak" compares numbers taken under the
-same load. Imports with torch alone: ONNX Runtime and matplotlib load only where used.
+same load. Only precisions this machine runs natively are measured (bf16 on a CPU without
+AVX512-BF16/AMX is emulated ~100x slower than fp32); the skipped ones and why go into the JSON.
+Imports with torch alone: ONNX Runtime and matplotlib load only where used.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
-import platform
 import shlex
 import sys
 import time
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from projgan import artifacts
+from projgan import artifacts, hardware
 from projgan.config import BenchConfig, GeneratorConfig
 from projgan.errors import UserError
 from projgan.generator import sample_latents
@@ -32,77 +33,58 @@ from projgan.generator import sample_latents
 BENCH_JSON = "bench.json"
 
 
-# ---------------------------------------------------------------- where and with what
+# ---------------------------------------------------------------- the machine's peak
+
+PEAK_BUDGET_S = 2.0  # wall time per dtype and engine: enough for a stable best-of on any size
 
 
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
-    for dist in ("projgan", "clean-fid", "onnxruntime-gpu", "onnxruntime", "tensorrt"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
-def machine() -> dict[str, Any]:
-    cpu, flags = platform.processor() or platform.machine(), []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu == (platform.processor() or platform.machine()):
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):  # the ones that decide which precision is fast here
-                have = set(line.split(":", 1)[1].split())
-                flags = sorted(have & {"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cpu_flags": flags, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform(), "gpu": None,
-            "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-        info["cuda"] = torch.version.cuda
-    from projgan.serve.backends import cpu_has_fast_bf16
-
-    info["cpu_fast_bf16"] = cpu_has_fast_bf16()
-    return info
+def _best_seconds(run, repeats: int, budget_s: float, warmup: int = 2) -> float:
+    """Fastest of up to ``repeats`` timed calls of ``run`` after ``warmup``, stopping once ``budget_s``
+    of wall time is spent (after at least one timed call): a slow machine gets fewer repeats, not hours."""
+    stop = time.perf_counter() + budget_s
+    for _ in range(warmup):
+        run()
+        if time.perf_counter() > stop:
+            break
+    best, calls = float("inf"), 0
+    while calls < repeats and (calls == 0 or time.perf_counter() < stop):
+        t = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - t)
+        calls += 1
+    return best
 
 
-def matmul_peak(device: str, n: int = 0, repeats: int = 10) -> dict[str, float]:
-    """Best GFLOP/s of an n x n matmul per dtype: fp32 and bf16, plus fp16 on CUDA (TF32 off)."""
-    n = n or (8192 if device == "cuda" else 2048)
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    if device == "cuda":
-        dtypes["fp16"] = torch.float16
+def matmul_peak(device: str, n: int = 0, repeats: int = 10, budget_s: float = PEAK_BUDGET_S,
+                precisions: tuple[str, ...] | None = None) -> dict[str, float]:
+    """Best GFLOP/s of an n x n matmul per precision (TF32 off): by default those this device runs
+    natively (``hardware.precision_support``), each bounded by ``budget_s`` of wall time."""
+    n = n or (8192 if device.startswith("cuda") else 2048)
+    if precisions is None:
+        precisions = tuple(p for p, why in hardware.precision_support(device).items() if why is None)
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     out = {}
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    for name, dt in dtypes.items():
-        a = torch.randn(n, n, device=device).to(dt)
-        b = torch.randn(n, n, device=device).to(dt)
-        for _ in range(2):
-            a @ b
-        sync()
-        best = float("inf")
-        for _ in range(repeats):
-            t = time.perf_counter()
+    for name in precisions:
+        a = torch.randn(n, n, device=device).to(dtypes[name])
+        b = torch.randn(n, n, device=device).to(dtypes[name])
+
+        def run(a=a, b=b):
             a @ b
             sync()
-            best = min(best, time.perf_counter() - t)
-        out[name] = round(2 * n**3 / best / 1e9, 1)
+
+        out[name] = round(2 * n**3 / _best_seconds(run, repeats, budget_s) / 1e9, 1)
         del a, b
     return out
 
 
-def ort_matmul_peak(device: str, n: int = 0, repeats: int = 10) -> dict[str, float]:
+def ort_matmul_peak(device: str, n: int = 0, repeats: int = 10, budget_s: float = PEAK_BUDGET_S) -> dict[str, float]:
     """Best fp32 GFLOP/s of an n x n MatMul in ONNX Runtime. Its own GEMM (MLAS) can beat torch's
     BLAS on some CPUs (MKL on AMD), so the machine's peak is the larger of the two."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    n = n or (8192 if device == "cuda" else 2048)
+    n = n or (8192 if device.startswith("cuda") else 2048)
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul",
         [helper.make_tensor_value_info(k, TensorProto.FLOAT, [n, n]) for k in ("a", "b")],
@@ -110,16 +92,10 @@ def ort_matmul_peak(device: str, n: int = 0, repeats: int = 10) -> dict[str, flo
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = min(model.ir_version, 10)
-    providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    providers = ["CUDAExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
     sess = ort.InferenceSession(model.SerializeToString(), providers=providers)
     feeds = {k: np.random.default_rng(0).standard_normal((n, n), dtype=np.float32) for k in ("a", "b")}
-    for _ in range(2):
-        sess.run(None, feeds)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        sess.run(None, feeds)
-        best = min(best, time.perf_counter() - t)
+    best = _best_seconds(lambda: sess.run(None, feeds), repeats, budget_s)
     return {"fp32": round(2 * n**3 / best / 1e9, 1)}
 
 
@@ -155,10 +131,13 @@ class Variant:
     target: Path  # what load_backend opens
 
 
-def plan(source: str | Path, device: str, onnx: str | Path | None = None) -> list[Variant]:
-    """Every backend/precision this source offers on this machine."""
-    from projgan.serve.backends import cpu_has_fast_bf16
-
+def plan(source: str | Path, device: str, onnx: str | Path | None = None,
+         precisions: tuple[str, ...] | None = None) -> list[Variant]:
+    """Every backend/precision this source offers on this machine; ``precisions``: the ones to
+    consider [default: those the device runs natively]."""
+    if precisions is None:
+        precisions = tuple(p for p, why in hardware.precision_support(device).items() if why is None)
+    cuda = device.startswith("cuda")
     src = Path(source)
     if not src.exists():
         raise UserError(f"{src} does not exist", "pass an export directory, a run directory or a generator/ folder")
@@ -172,28 +151,29 @@ def plan(source: str | Path, device: str, onnx: str | Path | None = None) -> lis
         manifest = artifacts.read_manifest(src, verify=False) if (src / artifacts.MANIFEST).exists() else None
         has_torch = (src / artifacts.GENERATOR_DIR).exists() if manifest else True
         if has_torch:
-            precs = ["fp32", "fp16"] if device == "cuda" else ["fp32"] + (["bf16"] if cpu_has_fast_bf16() else [])
+            precs = [p for p in (("fp32", "fp16") if cuda else ("fp32", "bf16")) if p in precisions]
             out += [Variant(f"torch-{p}", "torch", p, src) for p in precs]
         files = manifest.get("files", {}) if manifest else {}
         if artifacts.ONNX_FP32 in files:
             out.append(Variant("onnxruntime-fp32", "onnxruntime", "fp32", src / artifacts.ONNX_FP32))
-        if artifacts.ONNX_FP16 in files and device == "cuda":  # measured no faster than fp32 on CPUs
+        if artifacts.ONNX_FP16 in files and cuda:  # measured no faster than fp32 on CPUs
             out.append(Variant("onnxruntime-fp16", "onnxruntime", "fp16", src / artifacts.ONNX_FP16))
-        if artifacts.TRT_PLAN in files and device == "cuda" and importlib.util.find_spec("tensorrt"):
+        if artifacts.TRT_PLAN in files and cuda and importlib.util.find_spec("tensorrt"):
             out.append(Variant("tensorrt-fp16", "tensorrt", "fp16", src / artifacts.TRT_PLAN))
     if onnx:
         out.append(Variant("onnxruntime-fp32", "onnxruntime", "fp32", Path(onnx)))
     return list({v.label: v for v in out}.values())
 
 
-def _select(variants: list[Variant], wanted: tuple[str, ...]) -> list[Variant]:
+def _select(variants: list[Variant], wanted: tuple[str, ...], skipped: dict[str, str] | None = None) -> list[Variant]:
     if not wanted:
         return variants
     picked = [v for v in variants if v.label in wanted or v.backend in wanted]
     unknown = [w for w in wanted if not any(w in (v.label, v.backend) for v in variants)]
     if unknown:
         have = ", ".join(v.label for v in variants) or "none"
-        raise UserError(f"--backends {','.join(unknown)} not available for this source here (available: {have})")
+        why = "".join(f"; {p} skipped: {r}" for p, r in (skipped or {}).items() if any(p in w for w in unknown))
+        raise UserError(f"--backends {','.join(unknown)} not available for this source here (available: {have}){why}")
     return picked
 
 
@@ -236,35 +216,39 @@ def summarize(label: str, precision: str, batch: int, lat: list[float], flops: f
 
 
 def bench(cfg: BenchConfig, onnx: str | Path | None = None, notes: str = "", command: str | None = None,
-          progress: bool = True, peak_n: int = 0) -> dict[str, Any]:
+          progress: bool = True, peak_n: int = 0, peak_budget_s: float = PEAK_BUDGET_S) -> dict[str, Any]:
     """Measure, write ``cfg.out`` (default ``bench.json`` beside the source) plus a PNG, print a table.
 
     ``onnx``: an extra ONNX file to time with ONNX Runtime next to a generator directory;
-    ``peak_n``: matmul size of the peak microbenchmark (0: 2048 on CPU, 8192 on CUDA).
+    ``peak_n``: matmul size of the peak microbenchmark (0: 2048 on CPU, 8192 on CUDA);
+    ``peak_budget_s``: its wall-time bound per precision and engine.
     """
     from rich.console import Console
 
-    from projgan.serve.backends import load_backend, resolve_device
+    from projgan.serve.backends import load_backend
 
-    if cfg.train:
-        raise UserError("training benchmarks are run by projgan.train.bench, not the inference bench")
     if cfg.warmup < 0 or cfg.repeats < 1 or any(b < 1 for b in cfg.batch_sizes):
         raise UserError("--warmup must be >= 0, --repeats >= 1 and batch sizes >= 1")
     console = Console()
     if not console.is_terminal:  # logs and pipes: wide enough that the table never truncates
         console = Console(width=max(console.width, 110))
-    device = resolve_device(cfg.device)
-    variants = _select(plan(cfg.source, device, onnx), cfg.backends)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = hardware.resolve_device(cfg.device)
+    support = hardware.precision_support(device)
+    native = tuple(p for p, why in support.items() if why is None)
+    skipped = {p: why for p, why in support.items() if why}
+    variants = _select(plan(cfg.source, device, onnx, native), cfg.backends, skipped)
     if not variants:
         raise UserError(f"no backend can run {cfg.source} here")
     load_before = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     gen = generator_info(cfg.source)
     flops = gen["flops_per_image"] if gen else None
-    console.print(f"matmul peak on {device}...")
-    engines = {"torch": matmul_peak(device, peak_n)}
+    console.print(f"matmul peak on {device} ({', '.join(native)}, up to {peak_budget_s:g} s each)...")
+    engines = {"torch": matmul_peak(device, peak_n, budget_s=peak_budget_s, precisions=native)}
     if device == "cpu" and any(v.backend == "onnxruntime" for v in variants):  # numpy feeds: CPU only
         try:
-            engines["onnxruntime"] = ort_matmul_peak(device, peak_n)
+            engines["onnxruntime"] = ort_matmul_peak(device, peak_n, budget_s=peak_budget_s)
         except Exception as e:  # the peak is context; an ONNX Runtime hiccup here must not stop the bench
             console.print(f"[yellow]ONNX Runtime matmul peak skipped:[/] {e}")
     keys = list(dict.fromkeys(k for e in engines.values() for k in e))
@@ -293,14 +277,16 @@ def bench(cfg: BenchConfig, onnx: str | Path | None = None, notes: str = "", com
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "source": str(cfg.source),
         "config": dataclasses.asdict(cfg),
-        "machine": {**machine(), "load_avg_1m_before": load_before},  # other processes sharing the cores
-        "versions": versions(),
+        "machine": {**hardware.machine(), "load_avg_1m_before": load_before},  # other processes sharing the cores
+        "versions": hardware.versions(),
+        "skipped_precisions": skipped,  # not measured here (neither peak nor backend), and why
         "generator": gen,
         "gflop_per_image": round(flops / 1e9, 3) if flops else None,
         "flops_note": "torch.utils.flop_counter.FlopCounterMode (conv/matmul; a multiply-add counts 2)",
         "peak_gflops": peaks,
         "peak_gflops_by_engine": engines,
-        "peak_note": "best n x n matmul per dtype (torch; ONNX Runtime fp32 when it is benchmarked); max over engines",
+        "peak_note": (f"best n x n matmul per native precision within {peak_budget_s:g} s of wall time each "
+                      "(torch; ONNX Runtime fp32 when it is benchmarked); max over engines"),
         "results": results,
         "errors": errors,
         "notes": notes,
@@ -353,5 +339,7 @@ def print_table(result: dict[str, Any], console, caption: str = "") -> None:
     console.print(table)
     peaks = ", ".join(f"{k} {v:.0f}" for k, v in result["peak_gflops"].items())
     console.print(f"matmul peak GFLOP/s: {peaks} (% peak: of the backend's precision; latency per batch)")
+    for p, why in result.get("skipped_precisions", {}).items():
+        console.print(f"[yellow]skipped {p}:[/] {why}", highlight=False)
     for e in result["errors"]:
         console.print(f"[yellow]skipped {e['label']}:[/] {e['error']}")

@@ -7,7 +7,6 @@ parity check. Each call appends one row to a JSONL file and prints it as a table
 
 from __future__ import annotations
 
-import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,13 +16,13 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from projgan import artifacts
+from projgan import artifacts, hardware
 from projgan.config import EvalConfig
 from projgan.errors import UserError
-from projgan.evaluation import metrics as M
-from projgan.evaluation.bench import versions
+from projgan.evaluation import fid as M
 from projgan.evaluation.reference import load_reference_images
 from projgan.generator import sample_latents
+from projgan.hardware import resolve_device, versions
 
 console = Console()
 if not console.is_terminal:  # logs and pipes: wide enough that the table never truncates
@@ -32,9 +31,8 @@ EVAL_JSONL = "evaluation.jsonl"
 
 
 def default_cache_dir() -> Path:
-    """Reference statistics shared by every evaluation: $PROJGAN_CACHE or ~/.cache/projgan, /fid-refs."""
-    root = os.environ.get("PROJGAN_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "projgan"
-    return Path(root) / "fid-refs"
+    """Reference statistics shared by every evaluation, under the one cache folder (hardware.cache_dir)."""
+    return hardware.cache_dir() / "fid-refs"
 
 
 def default_out(source: str | Path) -> Path:
@@ -79,7 +77,7 @@ def evaluate(cfg: EvalConfig, extractor=None, cache_dir: str | Path | None = Non
     ``extractor``: a feature extractor (float 0..255 [B,3,H,W] -> [B,F]) to use instead of
     clean-fid's Inception (tests inject a tiny one); ``cache_dir``: reference statistics folder.
     """
-    from projgan.serve.backends import load_backend, resolve_device
+    from projgan.serve.backends import load_backend
 
     t0 = time.time()
     device = resolve_device(cfg.device)

@@ -1,14 +1,12 @@
 """Reference images for `pipeline evaluate`: a folder (recursive) or zip -> uint8 ``[N, res, res, 3]``.
 
-Each image is center-cropped to a square and resized to the generator's resolution (Lanczos),
-the way the training stage prepares its data, so FID compares like with like. Evaluation must not
-import the training package (dependency direction core <- evaluation <- train), hence this small
-reader of its own.
+Files are listed and decoded by ``projgan.imagefiles``, the reader training uses too, so FID
+compares exactly the pixels training saw; this module adds only the reference loop (progress,
+threads on folders, a lock on zips).
 """
 
 from __future__ import annotations
 
-import io
 import os
 import threading
 import zipfile
@@ -17,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from projgan import imagefiles
 from projgan.errors import UserError
-
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".tga"}
+from projgan.imagefiles import IMAGE_EXTS, split_names
 
 
 def list_images(source: str | Path) -> list[str]:
@@ -27,43 +25,15 @@ def list_images(source: str | Path) -> list[str]:
     src = Path(source)
     if not src.exists():
         raise UserError(f"--data {src} does not exist", "pass a folder or a .zip of images")
-    if src.is_file():
-        if not zipfile.is_zipfile(src):
-            raise UserError(f"--data {src} is neither a folder nor a zip file")
-        with zipfile.ZipFile(src) as zf:
-            names = [i.filename for i in zf.infolist() if not i.is_dir()]
-    else:
-        names = [
-            (Path(root) / f).relative_to(src).as_posix()
-            for root, _, files in os.walk(src, followlinks=True)
-            for f in files
-        ]
-    names = [n for n in names if not any(p.startswith(".") or p == "__MACOSX" for p in Path(n).parts)]
-    return sorted(n for n in names if Path(n).suffix.lower() in IMAGE_EXTS)
+    if src.is_file() and not zipfile.is_zipfile(src):
+        raise UserError(f"--data {src} is neither a folder nor a zip file")
+    return split_names(src)[0]
 
 
 def decode(data: bytes, resolution: int) -> np.ndarray | None:
-    """Bytes -> uint8 [res, res, 3] (center crop, Lanczos), or None if not a decodable image."""
-    from PIL import Image, ImageOps
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.draft("RGB", (resolution, resolution))
-            im = ImageOps.exif_transpose(im)
-            im.load()
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                rgba = im.convert("RGBA")
-                im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-            if im.mode.startswith("I;16"):
-                im = Image.fromarray((np.asarray(im, dtype=np.float64) / 257.0 + 0.5).astype(np.uint8), "L")
-            im = im.convert("RGB")
-            w, h = im.size
-            side = min(w, h)
-            box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
-            im = im.resize((resolution, resolution), Image.Resampling.LANCZOS, box=box)
-            return np.asarray(im, dtype=np.uint8).copy()
-    except (OSError, SyntaxError, ValueError, TypeError, Image.DecompressionBombError, ZeroDivisionError):
-        return None
+    """Bytes -> uint8 [res, res, 3] exactly as training decodes them, or None if not an image."""
+    out = imagefiles.decode(data, resolution)
+    return None if out is None else out[0]
 
 
 def load_reference_images(source: str | Path, resolution: int, max_images: int = 0,

@@ -9,7 +9,6 @@ export (with the failing entries marked, which serving refuses unless forced) an
 from __future__ import annotations
 
 import datetime
-import platform
 import shutil
 import time
 from contextlib import contextmanager
@@ -18,11 +17,10 @@ from typing import Any
 
 from rich.console import Console
 
-from projgan import artifacts
+from projgan import artifacts, hardware, similarity
 from projgan.config import ExportConfig
 from projgan.errors import UserError
 from projgan.export import onnx as onnx_export
-from projgan.serve import parity as metrics
 
 MANIFEST_FORMAT = "projgan.export"
 FORMAT_VERSION = 1
@@ -41,13 +39,10 @@ def _step(console: Console, title: str):
 
 
 def _validate(cfg: ExportConfig) -> tuple[Path, Path]:
-    """Every user mistake, before any work: one line, exit 2."""
-    onnx_export.check_opset(cfg.opset)
-    lo, opt, hi = cfg.batch_sizes
-    if not 1 <= lo <= opt <= hi:
-        raise UserError(f"--batch-sizes must satisfy 1 <= min <= opt <= max (got {lo},{opt},{hi})")
-    if cfg.parity_seeds < 1:
-        raise UserError("--parity-seeds must be >= 1")
+    """Every user mistake about files, before any work: one line, exit 2.
+
+    Opset, batch profile and seed count were validated when ``cfg`` was made (``ExportConfig``).
+    """
     src = artifacts.resolve_generator_dir(cfg.source)
     artifacts.read_generator_config(src)  # wrong format -> UserError
     if not cfg.out:
@@ -64,26 +59,8 @@ def _validate(cfg: ExportConfig) -> tuple[Path, Path]:
 
 
 def _versions(with_trt: bool) -> dict[str, str]:
-    import importlib.metadata as md
-
-    import numpy
-    import onnx
-    import onnxruntime
-    import torch
-
-    out = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-    }
-    for dist in ("projgan", "onnxscript", "onnxslim", "onnxconverter-common"):
-        try:
-            out[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            pass
-    if with_trt:
+    out = hardware.versions()
+    if with_trt:  # the module that built the engine, whichever distribution carried it
         import tensorrt
 
         out["tensorrt"] = tensorrt.__version__
@@ -91,15 +68,12 @@ def _versions(with_trt: bool) -> dict[str, str]:
 
 
 def _timing_cache_path() -> Path:
-    import os
-
-    base = Path(os.environ.get("PROJGAN_CACHE", Path.home() / ".cache" / "projgan"))
-    return base / "tensorrt-timing.cache"
+    return hardware.cache_dir() / "tensorrt-timing.cache"
 
 
 def _build(tmp: Path, src: Path, cfg: ExportConfig, console: Console, state: dict[str, Any]) -> None:
     from projgan.export import fp16 as fp16_export
-    from projgan.export import parity, triton
+    from projgan.export import parity
 
     gen_cfg = artifacts.read_generator_config(src)
     G, _ = artifacts.load_generator(src)
@@ -142,24 +116,24 @@ def _build(tmp: Path, src: Path, cfg: ExportConfig, console: Console, state: dic
         if not ok:
             trt_info["reason"] = why
         else:
+            from projgan.export import tensorrt_build
+
             with _step(console, f"TensorRT engine -> {artifacts.TRT_PLAN}") as note:
-                built = trt_runtime.build_engine(
+                built = tensorrt_build.build_engine(
                     tmp / artifacts.ONNX_FP16,
                     tmp / artifacts.TRT_PLAN,
-                    lo,
-                    opt,
-                    hi,
+                    cfg.batch_sizes,
                     cfg.workspace_gib,
                     _timing_cache_path(),
                 )
-                trt_info = {"built": True, **built, "timing_cache": str(_timing_cache_path())}
+                trt_info = {"built": True, **built}
                 files.append(tmp / artifacts.TRT_PLAN)
-                note["text"] = f"(TensorRT {built['version']}, {built['gpu']}, batch {lo}..{hi})"
+                note["text"] = f"(TensorRT {built['version']}, {built.get('gpu', '?')}, batch {lo}..{hi})"
     if not trt_info["built"]:
         console.print(f"[yellow]-[/] TensorRT engine skipped: {trt_info['reason']}")
 
     console.print(f"[bold]parity[/] on {cfg.parity_seeds} seeds against torch fp32 ...")
-    t = metrics.Thresholds(cfg.fp32_max_abs, cfg.fp16_min_psnr, cfg.fp16_min_ssim)
+    t = similarity.Thresholds.of(cfg)
     results = parity.certify(tmp, cfg, with_trt=trt_info["built"], console=console)
     console.print(parity.table(results, t))
     for line in parity.failures(results):
@@ -172,6 +146,8 @@ def _build(tmp: Path, src: Path, cfg: ExportConfig, console: Console, state: dic
 
     triton_info = None
     if cfg.triton:
+        from projgan.export import triton
+
         with _step(console, "Triton model repository -> triton/") as note:
             use16 = cfg.fp16 and results.get("onnxruntime-fp16", {}).get("passed", False)
             onnx_for_triton = tmp / (artifacts.ONNX_FP16 if use16 else artifacts.ONNX_FP32)
@@ -216,7 +192,7 @@ def _build(tmp: Path, src: Path, cfg: ExportConfig, console: Console, state: dic
         "fp16": fp16_info,
         "tensorrt": trt_info,
         "triton": triton_info,
-        "thresholds": {"fp32_max_abs": t.fp32_max_abs, "min_psnr": t.min_psnr, "min_ssim": t.min_ssim},
+        "thresholds": t.as_dict(),
         "parity_seeds": cfg.parity_seeds,
         "parity": results,
         "versions": _versions(trt_info["built"]),
@@ -238,8 +214,8 @@ def _fp16_with_probe(tmp: Path, cfg: ExportConfig, fp16_export) -> dict[str, Any
     b32 = OnnxRuntimeBackend(src, "cpu", "fp32")
     z = sample_latents(range(8), b32.z_dim)
     ref = b32.generate_float(z)
-    t = metrics.Thresholds(cfg.fp32_max_abs, cfg.fp16_min_psnr, cfg.fp16_min_ssim)
-    ok, why = metrics.judge(metrics.compare(ref, OnnxRuntimeBackend(dst, "cpu", "fp16").generate_float(z)), True, t)
+    out = OnnxRuntimeBackend(dst, "cpu", "fp16").generate_float(z)
+    ok, why = similarity.judge(similarity.compare(ref, out), True, similarity.Thresholds.of(cfg))
     info["probe"] = why
     if not ok:
         info = fp16_export.convert(src, dst, keep_fp32=True)

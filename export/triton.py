@@ -3,23 +3,29 @@
 ``triton/<model>/config.pbtxt`` + ``triton/<model>/1/model.onnx`` (and a second model with
 ``1/model.plan`` where a TensorRT engine was built), with Triton's dynamic batcher configured from
 the export's batch profile. Dims exclude the batch axis: ``max_batch_size > 0`` makes it implicit.
-Triton's own protobuf schema is not available here, so ``parse_pbtxt`` reads back the subset of the
-text format we write (tests use it to validate the files).
+
+Each config is built as Triton's own ``inference.ModelConfig`` protobuf message (``model_config_pb2``
+from ``tritonclient[grpc]``) and written with protobuf's ``text_format``, so a misspelt field or
+enum fails here, not when Triton loads the repository.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from pathlib import Path
-from typing import Any
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from projgan.export.onnx import INPUT, OUTPUT
 
 ONNX_MODEL = "projgan_generator"
 TRT_MODEL = "projgan_generator_trt"
+HEADER = "# Triton model configuration (inference.ModelConfig, protobuf text format) written by pipeline export\n"
 
 
-def config_text(
+def model_config(
     name: str,
     platform: str,
     max_batch: int,
@@ -28,35 +34,45 @@ def config_text(
     preferred: list[int],
     max_queue_delay_us: int,
     gpu_only: bool = False,
-) -> str:
-    """The ``config.pbtxt`` of one model (protobuf text format)."""
-    prefs = ", ".join(str(p) for p in preferred)
-    lines = [
-        f'name: "{name}"',
-        f'platform: "{platform}"',
-        f"max_batch_size: {max_batch}",
-        "input [",
-        "  {",
-        '    name: "z"',
-        "    data_type: TYPE_FP32",
-        f"    dims: [ {z_dim} ]",
-        "  }",
-        "]",
-        "output [",
-        "  {",
-        '    name: "image"',
-        "    data_type: TYPE_FP32",
-        f"    dims: [ {', '.join(map(str, image_shape))} ]",
-        "  }",
-        "]",
-        "dynamic_batching {",
-        f"  preferred_batch_size: [ {prefs} ]",
-        f"  max_queue_delay_microseconds: {max_queue_delay_us}",
-        "}",
-    ]
+) -> mc.ModelConfig:
+    """The ``ModelConfig`` of one model: float32 ``z`` in, float32 NCHW ``image`` out."""
+    cfg = mc.ModelConfig(name=name, platform=platform, max_batch_size=max_batch)
+    cfg.input.add(name=INPUT, data_type=mc.TYPE_FP32, dims=[z_dim])
+    cfg.output.add(name=OUTPUT, data_type=mc.TYPE_FP32, dims=list(image_shape))
+    cfg.dynamic_batching.preferred_batch_size.extend(preferred)
+    cfg.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
     if gpu_only:  # a TensorRT plan runs only on the GPU type that built it
-        lines += ["instance_group [", "  {", "    count: 1", "    kind: KIND_GPU", "  }", "]"]
-    return "\n".join(lines) + "\n"
+        cfg.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_GPU)
+    check(cfg)
+    return cfg
+
+
+def check(cfg: mc.ModelConfig) -> None:
+    """The rules Triton applies at load time that the schema alone cannot express."""
+    problems = []
+    if cfg.max_batch_size < 1:
+        problems.append("max_batch_size must be >= 1 (the batch axis is implicit)")
+    for p in cfg.dynamic_batching.preferred_batch_size:
+        if not 1 <= p <= cfg.max_batch_size:
+            problems.append(f"preferred_batch_size {p} outside 1..{cfg.max_batch_size}")
+    for io in (*cfg.input, *cfg.output):
+        if not io.name or not io.dims or any(d < 1 for d in io.dims):
+            problems.append(f"tensor {io.name!r} needs a name and positive dims (got {list(io.dims)})")
+    if problems:
+        raise ValueError(f"invalid Triton config for {cfg.name!r}: " + "; ".join(problems))
+
+
+def config_text(cfg: mc.ModelConfig) -> str:
+    """``config.pbtxt`` text; parsed back with the same schema before it is written."""
+    text = HEADER + text_format.MessageToString(cfg)
+    if parse(text) != cfg:
+        raise ValueError(f"Triton config for {cfg.name!r} does not survive a text round trip")
+    return text
+
+
+def parse(text: str) -> mc.ModelConfig:
+    """Read a ``config.pbtxt`` with Triton's schema (unknown fields and bad enums raise ParseError)."""
+    return text_format.Parse(text, mc.ModelConfig())
 
 
 def _place(src: Path, dst: Path) -> None:
@@ -86,97 +102,10 @@ def write_repository(
     if plan_path is not None:
         models.append((TRT_MODEL, "tensorrt_plan", plan_path, "model.plan", True))
     for name, platform, src, filename, gpu_only in models:
-        cfg = root / name / "config.pbtxt"
-        cfg.parent.mkdir(parents=True, exist_ok=True)
-        cfg.write_text(config_text(name, platform, hi, z_dim, image_shape, preferred, max_queue_delay_us, gpu_only))
+        cfg = model_config(name, platform, hi, z_dim, image_shape, preferred, max_queue_delay_us, gpu_only)
+        path = root / name / "config.pbtxt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(config_text(cfg))
         _place(src, root / name / "1" / filename)
-        written += [cfg, root / name / "1" / filename]
+        written += [path, root / name / "1" / filename]
     return written
-
-
-_TOKEN = re.compile(r'\s*(?:(#[^\n]*)|("(?:[^"\\]|\\.)*")|([\[\]{}:,])|([^\s\[\]{}:,"]+))')
-
-
-def _tokens(text: str):
-    pos = 0
-    while pos < len(text):
-        m = _TOKEN.match(text, pos)
-        if not m or m.end() == pos:
-            if text[pos:].strip():
-                raise ValueError(f"cannot parse config text at {text[pos : pos + 20]!r}")
-            return
-        pos = m.end()
-        comment, string, punct, word = m.groups()
-        if comment:
-            continue
-        if string is not None:
-            yield ("str", string[1:-1])
-        elif punct is not None:
-            yield ("p", punct)
-        elif word is not None:
-            yield ("word", word)
-
-
-def _scalar(kind: str, v: str):
-    if kind == "str":
-        return v
-    for conv in (int, float):
-        try:
-            return conv(v)
-        except ValueError:
-            pass
-    return v  # an enum such as TYPE_FP32
-
-
-def parse_pbtxt(text: str) -> dict[str, Any]:
-    """Parse the protobuf text-format subset we emit: scalars, messages ``{}``, lists ``[]``.
-
-    A repeated field (``key [ ... ]`` or the key given twice) becomes a Python list.
-    """
-    toks = list(_tokens(text))
-    pos = 0
-
-    def value():
-        nonlocal pos
-        kind, v = toks[pos]
-        if (kind, v) == ("p", "{"):
-            pos += 1
-            return message("}")
-        if (kind, v) == ("p", "["):
-            pos += 1
-            items = []
-            while toks[pos] != ("p", "]"):
-                items.append(value())
-                if toks[pos] == ("p", ","):
-                    pos += 1
-            pos += 1
-            return items
-        pos += 1
-        return _scalar(kind, v)
-
-    def message(end):
-        nonlocal pos
-        out: dict[str, Any] = {}
-        while pos < len(toks) and toks[pos] != ("p", end):
-            kind, key = toks[pos]
-            if kind != "word":
-                raise ValueError(f"expected a field name, got {key!r}")
-            pos += 1
-            if toks[pos] == ("p", ":"):
-                pos += 1
-            v = value()
-            if key in out:
-                prev = out[key] if isinstance(out[key], list) else [out[key]]
-                out[key] = prev + (v if isinstance(v, list) else [v])
-            else:
-                out[key] = v
-        if end is not None:
-            if pos >= len(toks):
-                raise ValueError("unterminated message")
-            pos += 1
-        return out
-
-    try:
-        return message(None)
-    except IndexError:
-        raise ValueError("config text ends inside a field") from None

@@ -74,14 +74,14 @@ def _metrics(text: str) -> tuple[str, ...]:
 def train(
     ctx: typer.Context,
     data: str = typer.Option(..., help="Folder (searched recursively) or .zip of images."),
-    out: str = typer.Option("", help="Run directory [default: runs/<data name>]."),
+    out: str = typer.Option("", help="Run directory \\[default: runs/<data name>]."),
     resolution: int = typer.Option(256, help="Image size: 32, 64, 128, 256, 512 or 1024."),
     batch: int = typer.Option(64, help="Total batch size (split across processes under torchrun)."),
     kimg: float = typer.Option(2000.0, help="Total training budget in thousands of real images."),
     ngf: int = typer.Option(128, help="Generator width (128 as in the paper, 64 for small GPUs)."),
     backbone: str = typer.Option("tf_efficientnet_lite0", help="Any timm CNN with features_only support."),
     backbone_weights: str = typer.Option("pretrained", help="pretrained | none | PATH to a local state dict."),
-    backbone_resolution: int = typer.Option(0, help="Backbone input size [default: 224 below 224 px]."),
+    backbone_resolution: int = typer.Option(0, help="Backbone input size \\[default: 224 below 224 px].", show_default=False),
     projection: str = typer.Option("ccm+csm", help="Random projections: none | ccm | ccm+csm."),
     num_discs: int = typer.Option(4, help="Discriminators, one per feature scale (1..4)."),
     discriminator: str = typer.Option(
@@ -90,16 +90,16 @@ def train(
     d_width: int = typer.Option(64, help="Base width (ndf) of the fastgan / dcgan discriminators."),
     optimizer: str = typer.Option("adam", help="adam | rmsprop | sgd | nesterov (G and D)."),
     lr: float = typer.Option(2e-4, help="Learning rate for D (and G, unless --g-lr)."),
-    g_lr: float = typer.Option(0.0, help="G's learning rate when it should differ (two time-scale) [default: --lr]."),
+    g_lr: float = typer.Option(0.0, help="G's learning rate when it should differ (two time-scale) \\[default: --lr].", show_default=False),
     betas: str = typer.Option("0,0.99", help="Adam betas (rmsprop smooths with the second)."),
     momentum: float = typer.Option(0.9, help="Momentum of sgd / nesterov."),
     lr_schedule: str = typer.Option("constant", help="constant | step | exponential | cosine (over kimg)."),
-    lr_decay_kimg: float = typer.Option(0.0, help="step / exponential: multiply by --lr-gamma every N kimg [kimg/4]."),
+    lr_decay_kimg: float = typer.Option(0.0, help="step / exponential: multiply by --lr-gamma every N kimg \\[kimg/4].", show_default=False),
     lr_gamma: float = typer.Option(0.5, help="Decay factor of step / exponential schedules."),
     lr_min: float = typer.Option(0.0, help="cosine: final learning rate as a fraction of --lr."),
     augment: str = typer.Option("color,translation,cutout", help="DiffAugment policy ('' disables)."),
     xflip: bool = typer.Option(True, help="Random horizontal flips of real images."),
-    ema_kimg: float = typer.Option(0.0, help="EMA half-life in kimg [default: batch*10/32]."),
+    ema_kimg: float = typer.Option(0.0, help="EMA half-life in kimg \\[default: batch*10/32].", show_default=False),
     precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16 autocast."),
     channels_last: bool = typer.Option(True, help="Use channels_last memory format."),
     compile: bool = typer.Option(
@@ -247,7 +247,7 @@ def data_make(
 )
 def export(
     source: str = typer.Argument(..., help="Run directory or generator/ artifact."),
-    out: str = typer.Option("", help="Export directory [default: exports/<run name>]."),
+    out: str = typer.Option("", help="Export directory \\[default: exports/<run name>]."),
     fp16: bool = typer.Option(False, "--fp16", help="Also write an fp16 ONNX (and build the TensorRT engine from it)."),
     batch_sizes: str = typer.Option("1,8,64", help="MIN,OPT,MAX batch of the dynamic profile."),
     opset: int = typer.Option(18, help="ONNX opset."),
@@ -368,68 +368,91 @@ def evaluate(
     run_evaluate(cfg)
 
 
+_TRAIN_PANEL = "Training step (--train)"
+
+
 @app.command(
     epilog=(
         "Examples:\n\n"
         "  pipeline bench exports/dogs --batch-sizes 1,8,32 --out benchmarks/dogs.json\n\n"
-        "  pipeline bench runs/dogs --train --out benchmarks/train.json"
+        "  pipeline bench runs/dogs --train --out benchmarks/train.json\n\n"
+        "  pipeline bench --train --device cpu --resolution 64 --ngf 64 --batch 16 --precisions bf16,fp32 "
+        "--channels-last on,off --compile off,on --steps 6 --warmup 2 --threads 2 --out benchmarks/train_cpu.json\n\n"
+        "Only precisions this machine runs natively are timed (bf16 needs AVX512-BF16 or AMX on a CPU); "
+        "the JSON records the skipped ones and why."
     )
 )
 def bench(
-    source: str = typer.Argument(..., help="Anything serve can load (or a run/generator for --train)."),
-    backends: str = typer.Option("", help="Comma-separated backends [default: all available]."),
+    source: str = typer.Argument(
+        "", help="Anything serve can load. With --train: a run directory or its train_config.json "
+        "\\[default: a 64 px, ngf 64, batch 16 config]."
+    ),
+    backends: str = typer.Option("", help="Comma-separated backends \\[default: all available]."),
     batch_sizes: str = typer.Option("1,8,32", help="Batch sizes to measure."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
-    warmup: int = typer.Option(3, help="Warm-up iterations per point."),
-    repeats: int = typer.Option(20, help="Timed iterations per point."),
-    out: str = typer.Option("", help="JSON output (a PNG plot is written beside it)."),
+    warmup: int = typer.Option(3, help="Warm-up iterations (training steps) per point."),
+    repeats: int | None = typer.Option(
+        None, "--repeats", "--steps", help="Timed iterations per point \\[default: 20; 10 training steps with --train]."
+    ),
+    threads: int = typer.Option(0, help="torch CPU threads \\[default: torch's choice].", show_default=False),
+    out: str = typer.Option("", help="JSON output (inference: a PNG plot is written beside it)."),
     train_mode: bool = typer.Option(False, "--train", help="Measure training seconds per kimg instead."),
+    precisions: str = typer.Option(
+        "", help="Precisions to compare: fp32, bf16, fp16, auto \\[default: the run's].", rich_help_panel=_TRAIN_PANEL
+    ),
+    channels_last: str = typer.Option("", help="on | off | on,off \\[default: the run's].", rich_help_panel=_TRAIN_PANEL),
+    compile: str = typer.Option("", help="off | on | off,on \\[default: the run's].", rich_help_panel=_TRAIN_PANEL),
+    resolution: int | None = typer.Option(None, help="Image size \\[default: the run's, else 64].", rich_help_panel=_TRAIN_PANEL),
+    ngf: int | None = typer.Option(None, help="Generator width \\[default: the run's, else 64].", rich_help_panel=_TRAIN_PANEL),
+    batch: int | None = typer.Option(None, help="Batch size \\[default: the run's, else 16].", rich_help_panel=_TRAIN_PANEL),
+    backbone_resolution: int | None = typer.Option(
+        None, help="Backbone input size \\[default: the run's, else 224 below 224 px].", rich_help_panel=_TRAIN_PANEL
+    ),
 ):
-    """Throughput, latency percentiles and FLOPs per backend and batch size."""
+    """Throughput, latency percentiles and FLOPs per backend and batch size, or training seconds per kimg."""
     from projgan.config import BenchConfig
 
+    overrides = {"resolution": resolution, "ngf": ngf, "batch": batch, "backbone_resolution": backbone_resolution}
+    grid = {"precisions": precisions, "channels_last": channels_last, "compile": compile}
     if train_mode:
-        _bench_training(source, device, warmup, repeats, out)
+        from projgan.train.step_bench import bench as run_train_bench
+        from projgan.train.step_bench import config_for
+
+        cfg = config_for(source, device, **{k: v for k, v in overrides.items() if v is not None})
+        run_train_bench(cfg, precisions=_choices(precisions, "--precisions", ("auto", "fp32", "bf16", "fp16")),
+                        channels_last=_onoff(channels_last, "--channels-last"), compile=_onoff(compile, "--compile"),
+                        steps=10 if repeats is None else repeats, warmup=warmup, threads=threads, out=out)
         return
+    train_only = [f"--{k.replace('_', '-')}" for k, v in {**overrides, **grid}.items() if v not in (None, "")]
+    if train_only:
+        raise UserError(f"{', '.join(train_only)} apply to --train only", "add --train, or drop them")
+    if not source:
+        raise UserError("nothing to benchmark", "pass an export, run or generator directory (or --train)")
     cfg = BenchConfig(
         source=source,
         backends=tuple(b for b in backends.split(",") if b),
         batch_sizes=_ints(batch_sizes, "--batch-sizes"),
         device=device,
         warmup=warmup,
-        repeats=repeats,
+        repeats=20 if repeats is None else repeats,
         out=out,
-        train=train_mode,
+        threads=threads,
     )
     from projgan.evaluation.bench import bench as run_bench
 
     run_bench(cfg)
 
 
-def _bench_training(source: str, device: str, warmup: int, repeats: int, out: str) -> None:
-    """`bench --train`: seconds per kimg of the run's own training config (no data needed)."""
-    import dataclasses
-    import json
+def _choices(text: str, name: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    vals = tuple(v.strip() for v in text.split(",") if v.strip())
+    bad = [v for v in vals if v not in allowed]
+    if bad:
+        raise UserError(f"{name}: unknown value {bad[0]!r}", f"choose from {', '.join(allowed)}")
+    return vals
 
-    from projgan import artifacts
-    from projgan.config import TrainConfig
 
-    path = Path(source) / artifacts.TRAIN_CONFIG if Path(source).is_dir() else Path(source)
-    try:
-        cfg = TrainConfig.from_dict(json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError) as e:
-        raise UserError(f"cannot read a training config from {path}: {e}", "pass a run directory (runs/NAME)") from None
-    cfg = dataclasses.replace(cfg, device=device, metrics=())
-    if cfg.backbone_weights == "pretrained":
-        cfg = dataclasses.replace(cfg, backbone_weights="none")  # speed does not depend on the weights' values
-    from projgan.train.bench import bench_training
-
-    result = {"command": "pipeline " + " ".join(sys.argv[1:]), "source": str(path),
-              **bench_training(cfg, steps=repeats, warmup=warmup)}
-    text = json.dumps(result, indent=2, default=str)
-    print(text)
-    if out:
-        artifacts.atomic_write_text(out, text + "\n")
+def _onoff(text: str, name: str) -> tuple[bool, ...]:
+    return tuple(v == "on" for v in _choices(text, name, ("on", "off")))
 
 
 @app.command(
@@ -442,7 +465,7 @@ def _bench_training(source: str, device: str, warmup: int, repeats: int, out: st
 )
 def quickstart(
     out: str = typer.Option("runs/quickstart", help="Run directory."),
-    data: str = typer.Option("", help="Your folder or .zip of images [default: a built-in procedural dataset]."),
+    data: str = typer.Option("", help="Your folder or .zip of images \\[default: a built-in procedural dataset]."),
     minutes: float = typer.Option(4.25, help="Training time budget in minutes (the whole quickstart takes ~5)."),
     serve_after: bool = typer.Option(True, "--serve/--no-serve", help="Serve the result when done."),
     port: int = typer.Option(8000, help="Port for serving."),
@@ -453,7 +476,23 @@ def quickstart(
     run_quickstart(out=out, minutes=minutes, serve=serve_after, port=port, data=data or None)
 
 
+HELP_WIDTH_PIPED = 160  # columns for help sent to a pipe or file: every default fits whole
+
+
+def _wide_help_when_piped() -> None:
+    """Rich falls back to 80 columns when stdout is not a terminal, which cuts defaults short
+    (``tf_efficientnet_li…``) in `--help | less`, logs and docs. Widen it unless the user chose a width
+    (COLUMNS, or Typer's TERMINAL_WIDTH)."""
+    import os
+
+    import typer.rich_utils
+
+    if not sys.stdout.isatty() and not (os.environ.get("COLUMNS") or os.environ.get("TERMINAL_WIDTH")):
+        typer.rich_utils.MAX_WIDTH = HELP_WIDTH_PIPED
+
+
 def main() -> None:
+    _wide_help_when_piped()
     try:
         app()
     except UserError as e:

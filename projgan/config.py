@@ -221,7 +221,8 @@ class EvalConfig:
 
 @dataclass
 class BenchConfig:
-    """`pipeline bench`: throughput/latency per backend and batch size, or training s/kimg."""
+    """`pipeline bench`: inference throughput/latency per backend and batch size (the training
+    step's seconds per kimg, `bench --train`, is timed on a TrainConfig)."""
 
     source: str = ""
     backends: tuple[str, ...] = ()  # empty: every backend available here
@@ -230,4 +231,4 @@ class BenchConfig:
     warmup: int = 3
     repeats: int = 20
     out: str = ""
-    train: bool = False  # measure training seconds per kimg instead of inference
+    threads: int = 0  # torch CPU threads; 0: torch's default

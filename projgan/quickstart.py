@@ -30,7 +30,7 @@ RECIPE_WHY = ("32 px, ngf 8, batch 32, DCGAN discriminator (width 32), DiffAugme
 
 def _fid_extractor():
     """clean-fid's Inception where it is available, else the offline random-feature proxy (said)."""
-    from projgan.evaluation.metrics import load_extractor, proxy_extractor
+    from projgan.evaluation.fid import load_extractor, proxy_extractor
 
     try:
         return load_extractor(""), "FID"

@@ -41,6 +41,8 @@ log = logging.getLogger("projgan.serve")
 
 # The same seed always gives the same image from the same model; the ETag names the model.
 CACHE_CONTROL = "public, max-age=31536000, immutable"
+# Behind --api-key a shared cache must not hand an image to callers without the key: browsers only.
+CACHE_CONTROL_KEYED = "private, max-age=31536000, immutable"
 UI_BODY_LIMIT = 1 << 20  # Gradio's own JSON messages under /ui
 # Up to this many bytes of pixels (e.g. five 64 px images, ~0.2 ms of PNG work each) an encoder runs inline:
 # cheaper than two thread hops, which cost milliseconds on a busy machine.
@@ -275,6 +277,8 @@ def create_app(cfg: ServeConfig, backend=None):
     async def image(request: Request, seed: Annotated[int, PathParam(ge=0, le=MAX_SEED)]):
         etag = f'"{server.fingerprint}-{seed}"'
         headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
+        if cfg.api_key:
+            headers.update({"Cache-Control": CACHE_CONTROL_KEYED, "Vary": "X-API-Key"})
         match = request.headers.get("if-none-match", "")
         if match and (match.strip() == "*" or etag in [t.strip().removeprefix("W/") for t in match.split(",")]):
             return Response(status_code=304, headers=headers)

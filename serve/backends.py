@@ -20,7 +20,7 @@ import torch
 from projgan import artifacts
 from projgan.errors import UserError
 from projgan.generator import sample_latents, to_uint8
-from projgan.hardware import cpu_has_fast_bf16  # noqa: F401  (re-exported)
+from projgan.hardware import cpu_has_fast_bf16, resolve_device
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 SELF_CHECK_SEEDS = 4  # seeds a reduced-precision torch backend must pass at load
@@ -72,24 +72,16 @@ class Backend:
         pass
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda requested but CUDA is not available here", "use --device cpu or auto")
-    return device
-
-
 class TorchBackend(Backend):
     """Eager PyTorch in eval + inference mode; channels_last; reduced precision where it is fast.
 
     With ``precision="auto"`` a reduced precision (bf16 on a CPU with AMX/AVX512-BF16, fp16 on a GPU)
     must first pass a self-check on a few seeds against fp32 with the export certificate's metrics
-    and thresholds (``projgan.serve.parity``); if it fails, or the export's certificate says it
+    and thresholds (``projgan.similarity``); if it fails, or the export's certificate says it
     failed (``parity``), the backend falls back to fp32 and says why in ``info["precision_check"]``.
     """
 
-    self_check_thresholds = None  # None: projgan.serve.parity's defaults (the certificate's)
+    self_check_thresholds = None  # None: projgan.similarity's defaults (the certificate's)
 
     def __init__(
         self,
@@ -117,7 +109,7 @@ class TorchBackend(Backend):
             self._check_reduced_precision(parity)
 
     def _check_reduced_precision(self, parity: dict[str, Any] | None) -> None:
-        from projgan.serve import parity as metrics
+        from projgan import similarity as metrics
 
         if parity is not None and not parity.get("passed", False):
             ok, why = False, f"the export's certificate failed it: {parity.get('reason', '')}"
@@ -200,7 +192,7 @@ class OnnxRuntimeBackend(Backend):
 
 
 class TensorRTBackend(Backend):
-    """A serialized TensorRT plan; the engine code lives in ``projgan.serve.tensorrt``."""
+    """A serialized TensorRT plan, run by ``projgan.serve.tensorrt`` (built by ``projgan.export.tensorrt_build``)."""
 
     def __init__(self, plan_path: Path, info: dict[str, Any] | None = None):
         from projgan.serve import tensorrt as trt_runtime

@@ -14,6 +14,7 @@ at the backend's batch-1 latency.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -85,6 +86,7 @@ class Batcher:
         self.max_delay = max_delay_ms / 1000.0
         self.stats = stats or Stats()
         self._pending: deque[_Request] = deque()
+        self._inflight: list[_Request] = []  # requests with rows in the batch now on the backend thread
         self._depth = 0  # images queued and not yet handed to a batch
         self._gap = math.inf  # moving average of the time between arrivals
         self._last_arrival = 0.0
@@ -116,12 +118,17 @@ class Batcher:
         except asyncio.TimeoutError:
             log.warning("batcher did not drain in %.0f s; failing the rest", timeout)
             self._worker.cancel()
-            for req in self._pending:
+            # Queued requests and those whose batch is still on the backend thread: no caller is left waiting.
+            for req in [*self._inflight, *self._pending]:
                 if not req.future.done():
                     req.future.set_exception(BatcherClosed("server stopped before this request ran"))
             self._pending.clear()
+            self._inflight = []
+            self._depth = 0
+            self.stats.queue_depth(0)
         self._worker = None
-        self._executor.shutdown(wait=True)
+        # Off the event loop, so the failed requests' callers can answer while a stuck batch finishes.
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
 
     @property
     def running(self) -> bool:
@@ -160,7 +167,11 @@ class Batcher:
         self._depth += n
         self.stats.queue_depth(self._depth)
         self._wake.set()
-        return await req.future
+        try:
+            return await req.future
+        except asyncio.CancelledError:  # the caller went away: free its room in the queue now
+            self._abandon(req)
+            raise
 
     def retry_after(self) -> int:
         """Seconds until the queue has likely drained (at least 1)."""
@@ -170,11 +181,18 @@ class Batcher:
 
     # ------------------------------------------------------------------ the worker
 
+    def _abandon(self, req: _Request) -> None:
+        """Take ``req`` out of the queue wherever it stands; idempotent."""
+        if req.taken < req.n:
+            self._depth -= req.n - req.taken
+            req.taken = req.n  # none of its rows count as queued any more
+            self.stats.queue_depth(self._depth)
+        with contextlib.suppress(ValueError):  # already taken whole, or dropped by the worker
+            self._pending.remove(req)
+
     def _drop_abandoned(self) -> None:
         while self._pending and self._pending[0].future.done():  # cancelled by its caller, or failed
-            req = self._pending.popleft()
-            self._depth -= req.n - req.taken
-            self.stats.queue_depth(self._depth)
+            self._abandon(self._pending[0])
 
     def _should_wait(self) -> bool:
         # Waiting for more only pays if another request is likely to come within the delay.
@@ -234,6 +252,7 @@ class Batcher:
             else np.concatenate([req.z[a:b] for req, a, b in batch])
         )
         t0 = time.perf_counter()
+        self._inflight = [req for req, _, _ in batch]
         try:
             images = await self._loop.run_in_executor(self._executor, self.generate, z)
             if len(images) != len(z):
@@ -244,6 +263,8 @@ class Batcher:
                 if not req.future.done():
                     req.future.set_exception(e)
             return
+        finally:
+            self._inflight = []
         seconds = time.perf_counter() - t0
         self.batches += 1
         self.stats.batch(len(z), seconds)

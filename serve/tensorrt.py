@@ -1,20 +1,14 @@
-"""TensorRT 10/11: build an engine from the (fp16) ONNX, and run a serialized plan.
+"""TensorRT 10/11 at serving time: run a serialized plan (building one is ``projgan.export.tensorrt_build``).
 
-All TensorRT code lives here and ``tensorrt`` is imported only inside these functions, so the rest
-of the project runs where TensorRT is absent (it cannot be installed on our CI machines).
-
-Written against NVIDIA's documented Python API shared by TensorRT 10 and 11:
-``build_serialized_network`` with one optimization profile over the batch axis, a workspace memory
-pool limit and a persisted timing cache; at run time name-based I/O (``set_input_shape``,
-``set_tensor_address``, ``execute_async_v3``). Precision comes from the ONNX itself: TensorRT 10.12
-deprecated and 11 removed the FP16 builder flag, so the network is created strongly typed (a flag
-10.x needs and 11.x ignores). Device buffers are torch CUDA tensors (no pycuda).
+``tensorrt`` is imported only inside these functions, so the rest of the project runs where
+TensorRT is absent (it cannot be installed on our CI machines). Written against NVIDIA's
+documented Python API shared by TensorRT 10 and 11: name-based I/O (``set_input_shape``,
+``set_tensor_address``, ``execute_async_v3``); device buffers are torch CUDA tensors (no pycuda).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -23,7 +17,8 @@ from projgan.errors import UserError
 MIN_MAJOR = 10
 
 
-def _import():
+def import_tensorrt():
+    """The ``tensorrt`` module (imported here only, so everything else runs without it)."""
     import tensorrt as trt  # optional dependency: pip install 'projgan[tensorrt]'
 
     return trt
@@ -39,7 +34,7 @@ def available() -> tuple[bool, str]:
     except ImportError:  # pragma: no cover - torch is a core dependency
         return False, "torch is not installed"
     try:
-        trt = _import()
+        trt = import_tensorrt()
     except ImportError as e:
         return False, f"TensorRT is not installed ({e}); pip install 'projgan[tensorrt]'"
     except Exception as e:  # broken installs raise OSError/RuntimeError while loading libraries
@@ -50,73 +45,9 @@ def available() -> tuple[bool, str]:
     return True, f"TensorRT {trt.__version__}"
 
 
-def _logger(trt):
+def make_logger(trt):
+    """Warnings and errors only: the build log is long and the export shows its own progress."""
     return trt.Logger(trt.Logger.WARNING)
-
-
-def _network_flags(trt) -> int:
-    """Strongly typed where the enum has it (10.x: opt-in; 11.x: accepted and ignored).
-
-    EXPLICIT_BATCH is not set: it is the only mode since 10.0 and the flag is gone in 11.
-    """
-    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    return 0 if flag is None else 1 << int(flag)
-
-
-def build_engine(
-    onnx_path: str | Path,
-    plan_path: str | Path,
-    min_batch: int,
-    opt_batch: int,
-    max_batch: int,
-    workspace_gib: float = 4.0,
-    timing_cache_path: str | Path | None = None,
-) -> dict[str, Any]:
-    """Parse ``onnx_path``, build a plan for batches ``min..max`` (tuned for ``opt``), write it.
-
-    Returns what the manifest records: TensorRT version and GPU name (a plan runs only on the
-    same TensorRT version and GPU type), the profile and the build flags.
-    """
-    import torch
-
-    trt = _import()
-    logger = _logger(trt)
-    builder = trt.Builder(logger)
-    network = builder.create_network(_network_flags(trt))
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise RuntimeError(f"TensorRT could not parse {onnx_path}: " + "; ".join(errors[:3]))
-    inp = network.get_input(0)
-    feature_shape = tuple(int(d) for d in inp.shape[1:])
-
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    profile = builder.create_optimization_profile()
-    profile.set_shape(inp.name, (min_batch, *feature_shape), (opt_batch, *feature_shape), (max_batch, *feature_shape))
-    config.add_optimization_profile(profile)
-
-    cache_path = Path(timing_cache_path) if timing_cache_path else None
-    blob = cache_path.read_bytes() if cache_path and cache_path.exists() else b""
-    cache = config.create_timing_cache(blob)
-    config.set_timing_cache(cache, False)  # ignore_mismatch=False: a cache from another GPU is rejected
-
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise RuntimeError("TensorRT failed to build the engine (see the TensorRT log above)")
-    from projgan.artifacts import atomic_write_bytes
-
-    atomic_write_bytes(plan_path, bytes(serialized))
-    if cache_path is not None:
-        atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
-    return {
-        "version": trt.__version__,
-        "gpu": torch.cuda.get_device_name(0),
-        "compute_capability": ".".join(map(str, torch.cuda.get_device_capability(0))),
-        "profile": {"min": min_batch, "opt": opt_batch, "max": max_batch},
-        "workspace_gib": workspace_gib,
-        "strongly_typed": True,  # 10.x: by the flag; 11.x: always
-    }
 
 
 class EngineRunner:
@@ -130,10 +61,10 @@ class EngineRunner:
 
         import torch
 
-        trt = _import()
+        trt = import_tensorrt()
         self._trt, self._torch = trt, torch
         self._lock = threading.Lock()
-        self.runtime = trt.Runtime(_logger(trt))
+        self.runtime = trt.Runtime(make_logger(trt))
         self.engine = self.runtime.deserialize_cuda_engine(Path(plan_path).read_bytes())
         if self.engine is None:
             raise UserError(

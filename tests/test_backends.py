@@ -1,4 +1,4 @@
-"""serve/backends.py and serve/tensorrt.py: the one home for running a generator."""
+"""serve/backends.py and serve/tensorrt.py: the one home for running a generator (TensorRT plans built by export)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from projgan import artifacts
+from projgan import artifacts, similarity
 from projgan.config import ExportConfig
 from projgan.errors import UserError
 from projgan.generator import sample_latents
-from projgan.serve import backends, parity
+from projgan.serve import backends
 from projgan.serve import tensorrt as trt_runtime
 from tests.conftest import make_generator
 
@@ -37,7 +37,7 @@ def test_torch_and_onnxruntime_agree_per_seed(export_dir):
     z = sample_latents([5, 6, 7], 256)
     a, b = torch_b.generate_float(z), ort_b.generate_float(z)
     assert a.shape == b.shape == (3, 3, 32, 32)
-    assert np.abs(a - b).max() <= parity.FP32_MAX_ABS
+    assert np.abs(a - b).max() <= similarity.Thresholds().fp32_max_abs
     u8 = ort_b.generate(z)
     assert u8.dtype == np.uint8 and u8.shape == (3, 32, 32, 3)
     assert np.abs(u8.astype(int) - torch_b.generate(z)).max() <= 1
@@ -55,7 +55,7 @@ def test_auto_precision_self_check_passes_and_is_reported(generator_dir):
 @needs_bf16
 def test_auto_precision_falls_back_to_fp32_when_the_self_check_fails(generator_dir, monkeypatch, caplog):
     # bf16 measures ~50 dB on this generator; demand more than it can give
-    monkeypatch.setattr(backends.TorchBackend, "self_check_thresholds", parity.Thresholds(min_psnr=90.0))
+    monkeypatch.setattr(backends.TorchBackend, "self_check_thresholds", similarity.Thresholds(min_psnr=90.0))
     G, config = artifacts.load_generator(generator_dir)
     with caplog.at_level("WARNING", logger="projgan.serve"):
         b = backends.TorchBackend(G, config, "cpu", "auto")
@@ -65,7 +65,7 @@ def test_auto_precision_falls_back_to_fp32_when_the_self_check_fails(generator_d
     G2, _ = artifacts.load_generator(generator_dir)
     z = sample_latents([1, 2], 256)
     ref = backends.TorchBackend(G2, config, "cpu", "fp32").generate_float(z)
-    assert np.abs(b.generate_float(z) - ref).max() <= parity.FP32_MAX_ABS
+    assert np.abs(b.generate_float(z) - ref).max() <= similarity.Thresholds().fp32_max_abs
 
 
 @needs_bf16
@@ -124,22 +124,26 @@ def test_tensorrt_absence_is_one_clear_reason(export_dir):
 
 @pytest.mark.tensorrt
 def test_tensorrt_engine_builds_runs_and_matches(export_dir, tmp_path):
-    plan = tmp_path / "g.plan"
-    info = trt_runtime.build_engine(
-        export_dir / artifacts.ONNX_FP16, plan, 1, 8, 64, workspace_gib=1.0, timing_cache_path=tmp_path / "tc"
-    )
-    assert plan.stat().st_size > 0 and (tmp_path / "tc").stat().st_size > 0
-    assert info["version"] and info["gpu"]
+    from projgan.export import tensorrt_build
+
+    plan, cache = tmp_path / "g.plan", tmp_path / "tc"
+    onnx16 = export_dir / artifacts.ONNX_FP16
+    info = tensorrt_build.build_engine(onnx16, plan, (1, 8, 64), workspace_gib=1.0, timing_cache_path=cache)
+    assert plan.stat().st_size > 0 and cache.stat().st_size > 0
+    assert info["version"] and info["gpu"] and info["strongly_typed"]
+    assert info["timing_cache"] == {"path": str(cache), "loaded": "new", "saved": True}
+    again = tensorrt_build.build_engine(onnx16, tmp_path / "g2.plan", (1, 8, 64), 1.0, cache)
+    assert again["timing_cache"]["loaded"] == "reused"
     runner = trt_runtime.EngineRunner(plan)
     assert (runner.z_dim, runner.resolution, runner.max_batch) == (256, 32, 64)
     ort_b = backends.OnnxRuntimeBackend(export_dir / artifacts.ONNX_FP32, "cpu", "fp32")
     z = sample_latents(range(64), 256)
     ref = ort_b.generate_float(z)
     full = runner.run(z)
-    ok, why = parity.judge(parity.compare(ref, full), reduced=True)
+    ok, why = similarity.judge(similarity.compare(ref, full), reduced=True)
     assert ok, why
     for b in (1, 7):
-        ok, why = parity.judge(parity.compare(full[:b], runner.run(z[:b])), reduced=True)
+        ok, why = similarity.judge(similarity.compare(full[:b], runner.run(z[:b])), reduced=True)
         assert ok, why
     assert runner.run(sample_latents(range(70), 256)).shape == (70, 3, 32, 32)  # split above the profile
 

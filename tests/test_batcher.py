@@ -7,6 +7,7 @@ output row can be traced back to its input row.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import numpy as np
@@ -181,4 +182,70 @@ def test_cancelled_request_does_not_disturb_others():
 
     (head, kept), depth = run(main())
     np.testing.assert_array_equal(kept, rows(20, 1) * 2)
+    assert depth == 0
+
+
+def gated(release: threading.Event, limit: float = 3.0):
+    """A backend call that holds the backend thread until ``release`` is set (or ``limit`` s pass)."""
+
+    def generate(z):
+        release.wait(limit)
+        return z * 2
+
+    return generate
+
+
+def test_drain_timeout_fails_every_waiting_request_including_the_running_batch():
+    """stop() giving up on a stuck batch must answer its callers too, not only the queued ones."""
+    release = threading.Event()
+
+    async def main():
+        b = Batcher(gated(release), max_batch=2, max_delay_ms=0, queue_size=64)
+        await b.start()
+        running = asyncio.ensure_future(b.submit(rows(0, 2)))  # whole in the stuck batch
+        await asyncio.sleep(0.02)
+        queued = [asyncio.ensure_future(b.submit(rows(10 + i, 1 + i))) for i in range(3)]
+        await asyncio.sleep(0)
+        stopping = asyncio.ensure_future(b.stop(timeout=0.05))
+        waiting = [running, *queued]
+        done, _ = await asyncio.wait(waiting, timeout=1.0)  # while the backend call is still stuck
+        release.set()
+        await stopping
+        return waiting, done, b.depth
+
+    waiting, done, depth = run(main())
+    assert len(done) == len(waiting)
+    assert all(isinstance(f.exception(), BatcherClosed) for f in waiting)
+    assert depth == 0
+
+
+def test_cancelled_request_leaves_the_queue_at_once():
+    """A caller that went away frees its room now, even when queued behind others."""
+    release = threading.Event()
+
+    async def main():
+        rec = Recorder()
+        b = Batcher(gated(release), max_batch=2, max_delay_ms=0, queue_size=8, stats=rec)
+        await b.start()
+        head = asyncio.ensure_future(b.submit(rows(0, 2)))  # holds the backend thread
+        await asyncio.sleep(0.02)
+        first = asyncio.ensure_future(b.submit(rows(10, 2)))
+        gone = asyncio.ensure_future(b.submit(rows(20, 5)))  # behind `first`: not at the head
+        await asyncio.sleep(0)
+        full = b.depth
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        freed, reported = b.depth, rec.depths[-1]
+        late = asyncio.ensure_future(b.submit(rows(30, 5)))  # fits only in the room `gone` left
+        await asyncio.sleep(0)
+        release.set()
+        outs = await asyncio.gather(head, first, late)
+        await b.stop()
+        return full, freed, reported, outs, b.depth
+
+    full, freed, reported, (head, first, late), depth = run(main())
+    assert full == 7 and freed == 2 and reported == 2
+    np.testing.assert_array_equal(first, rows(10, 2) * 2)
+    np.testing.assert_array_equal(late, rows(30, 5) * 2)
     assert depth == 0

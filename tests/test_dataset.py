@@ -213,3 +213,18 @@ def test_fingerprint_changes_with_content(tmp_path):
     assert a == dataset.fingerprint(folder)
     os.utime(folder / "shapes_00000.png", ns=(1, 1))
     assert dataset.fingerprint(folder) != a
+
+
+def test_training_and_fid_reference_read_the_same_pixels(tmp_path):
+    """One reader for both (projgan.imagefiles): 16-bit, float and palette images included."""
+    from projgan.evaluation.reference import load_reference_images
+
+    folder = make_images(tmp_path / "d", n=6, size=40)
+    g16 = (np.linspace(0, 65535, 40 * 40).reshape(40, 40)).astype(np.uint16)
+    Image.fromarray(g16, "I;16").save(folder / "deep.png")
+    Image.fromarray(np.linspace(0, 1, 40 * 40, dtype=np.float32).reshape(40, 40), "F").save(folder / "float.tif")
+    Image.open(folder / "shapes_00000.png").convert("P", palette=Image.Palette.ADAPTIVE).save(folder / "pal.gif")
+    train, summary = load_images(folder, 32, min_images=1)
+    ref, skipped = load_reference_images(folder, 32)
+    assert summary.images == 9 and skipped == 0
+    np.testing.assert_array_equal(train, ref)

@@ -42,3 +42,46 @@ def test_torchrun_two_processes_write_one_consistent_run(tmp_path):
         "kimg00000.008.png", "kimg00000.012.png", "reals.png"
     ]
     assert not [p for p in run.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".write-test")]
+
+
+SLOW_FID_SCRIPT = '''
+import sys, time
+import torch
+from projgan.config import GeneratorConfig, TrainConfig
+from projgan.train.loop import train
+
+
+class SlowExtractor:
+    """Rank 0's FID takes longer than the step timeout (PROJGAN_DIST_TIMEOUT_S) on its first call."""
+
+    identity = "slow-test-extractor"
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, x):
+        self.calls += 1
+        if self.calls == 1:
+            time.sleep(float(sys.argv[3]))
+        return x.float().mean(dim=(2, 3))
+
+
+cfg = TrainConfig(data=sys.argv[1], out=sys.argv[2], generator=GeneratorConfig(resolution=32, ngf=16), batch=4,
+                  kimg=0.008, discriminator="dcgan", d_width=16, tick_kimg=0.004, snapshot_ticks=1,
+                  metrics=("fid",), fid_every=0.004, fid_images=8, sample_seeds=4, device="cpu")
+train(cfg, feature_extractor=SlowExtractor())
+'''
+
+
+def test_rank0_only_fid_longer_than_the_step_timeout_does_not_break_the_group(tmp_path):
+    """The other rank waits for rank 0's FID on a long-timeout group, not in a step collective."""
+    data = make_law_dataset(tmp_path / "data", "disk", n=16, resolution=32)
+    script = tmp_path / "slow_fid.py"
+    script.write_text(SLOW_FID_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PROJGAN_DIST_TIMEOUT_S": "3"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           str(data), str(tmp_path / "run"), "6"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = [x for x in artifacts.read_jsonl(tmp_path / "run" / artifacts.METRICS) if x["kind"] == "metric"]
+    assert [x["kimg"] for x in rows] == [0.004, 0.008] and rows[0]["seconds"] >= 6

@@ -14,7 +14,7 @@ import torch
 
 from projgan import artifacts
 from projgan.config import EvalConfig
-from projgan.evaluation import metrics as M
+from projgan.evaluation import fid as M
 from projgan.evaluation.evaluate import default_out, evaluate
 from tests.conftest import make_generator, make_images
 from tests.test_metrics import TinyExtractor

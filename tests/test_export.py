@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -11,14 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from rich.console import Console
 
 from projgan import artifacts
 from projgan.config import ExportConfig
 from projgan.errors import UserError
-from projgan.export import onnx as onnx_export
-from projgan.export.parity import KEYS, certify
+from projgan.export.parity import KEYS, certify, table
 from projgan.export.pipeline import export
 from projgan.generator import sample_latents
+from projgan.similarity import Thresholds
 from tests.conftest import make_generator
 
 SEEDS = 8  # the default stays 64; tests use fewer to stay fast
@@ -70,6 +72,8 @@ def test_parity_certificate_in_manifest(exported):
         assert e["batch_independence"]["passed"] and e["batch_independence"]["sizes"] == [1, 7, 8]
     assert parity["onnxruntime-fp32"]["max_abs"] <= 1e-4
     assert parity["onnxruntime-fp16"]["psnr_min"] >= 40 and parity["onnxruntime-fp16"]["ssim_min"] >= 0.99
+    for e in parity.values():  # the worst seed of each metric, named separately
+        assert {e["max_abs_seed"], e["psnr_min_seed"], e["ssim_min_seed"]} <= set(range(SEEDS))
 
 
 def test_onnx_files_have_dynamic_batch_and_float32_io(exported):
@@ -145,7 +149,14 @@ def test_tampered_onnx_weight_fails_parity(exported, tmp_path):
     assert results["onnxruntime-fp32"]["max_abs"] > 1e-4
     assert not results["onnxruntime-fp16"]["passed"]
     assert "seed" in results["onnxruntime-fp16"]["reason"]
-    assert results["onnxruntime-fp16"]["worst_seed"] in range(SEEDS)
+    fp16 = results["onnxruntime-fp16"]
+    assert fp16["psnr_min_seed"] in range(SEEDS) and fp16["ssim_min_seed"] in range(SEEDS)
+    assert f"seed {fp16['psnr_min_seed']}: PSNR" in fp16["reason"] or f"seed {fp16['ssim_min_seed']}: SSIM" in fp16["reason"]
+    console = Console(width=200, file=io.StringIO())
+    console.print(table(results, Thresholds()))
+    row = next(ln for ln in console.file.getvalue().splitlines() if ln.strip().startswith("onnxruntime-fp16"))
+    assert f"{fp16['psnr_min']:.1f} @{fp16['psnr_min_seed']}" in row
+    assert f"{fp16['ssim_min']:.4f} @{fp16['ssim_min_seed']}" in row
 
 
 def test_failed_build_leaves_nothing_behind(tmp_path):
@@ -159,9 +170,11 @@ def test_failed_build_leaves_nothing_behind(tmp_path):
     assert not out.exists() and list((tmp_path / "exports").iterdir()) == []
 
 
-def test_opset_outside_the_exporter_range_is_refused():
-    with pytest.raises(UserError, match="opset"):
-        onnx_export.check_opset(13)
+@pytest.mark.parametrize("kw", [{"opset": 13}, {"opset": 24}, {"batch_sizes": (8, 1, 64)}, {"parity_seeds": 0}])
+def test_bad_options_are_refused_by_the_config_alone(kw):
+    """ExportConfig is the one place export options are validated; nothing is built first."""
+    with pytest.raises(UserError, match="opset|batch-sizes|parity-seeds"):
+        ExportConfig(source="x", out="y", **kw)
 
 
 # ---------------------------------------------------------------- the real CLI

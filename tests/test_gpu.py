@@ -14,7 +14,7 @@ pytestmark = pytest.mark.gpu
 def test_torch_backend_cuda_reduced_precision_matches_cpu_fp32(tmp_path):
     from conftest import make_generator
 
-    from projgan.serve import parity
+    from projgan import similarity as parity
     from projgan.serve.backends import load_backend
 
     src = make_generator(tmp_path / "g", resolution=64, ngf=32)
@@ -35,7 +35,7 @@ def test_torch_backend_cuda_reduced_precision_matches_cpu_fp32(tmp_path):
     ("precision", "compiled"), [("fp32", False), ("bf16", False), ("fp16", False), ("bf16", True)]
 )
 def test_training_steps_run_on_cuda(precision, compiled):
-    from projgan.train.bench import bench_training
+    from projgan.train.step_bench import bench_training
 
     cfg = TrainConfig(
         generator=GeneratorConfig(resolution=64, ngf=32),

@@ -85,3 +85,23 @@ def test_no_bare_stage_imports():
             continue
         for m in _imports(path):
             assert m.split(".")[0] not in {"train", "export", "serve", "evaluation"}, f"{path}: bare import {m}"
+
+
+def test_export_uses_serve_only_for_its_runners():
+    """Parity runs the same backend code serving runs; nothing else of serve (app, batcher, UI) is export's."""
+    runners = {"projgan.serve.backends", "projgan.serve.tensorrt", "projgan.serve"}
+    for path in sorted((ROOT / "export").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("projgan.serve"):
+                names = {f"{node.module}.{a.name}" if node.module == "projgan.serve" else node.module for a in node.names}
+                assert names <= runners, f"{path.relative_to(ROOT)} imports {names - runners}"
+
+
+def test_architecture_doc_names_every_module():
+    """docs/architecture.md is the map of the code: every module of the package appears in it."""
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    for folder in ("projgan", "train", "export", "serve", "evaluation"):
+        for path in sorted((ROOT / folder).glob("*.py")):
+            if path.name not in ("__init__.py", "__main__.py"):
+                assert f"{folder}/{path.name}" in doc, f"docs/architecture.md does not mention {folder}/{path.name}"

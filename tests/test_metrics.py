@@ -12,7 +12,7 @@ from PIL import Image
 from scipy import linalg
 
 from projgan.errors import UserError
-from projgan.evaluation import metrics as M
+from projgan.evaluation import fid as M
 from projgan.evaluation.plots import plot_fid
 from projgan.evaluation.reference import load_reference_images
 from tests.conftest import make_images
@@ -217,7 +217,7 @@ def _fake_inception(path):
 def test_local_inception_file_loads_through_clean_fid(reals, tmp_path):
     path = _fake_inception(tmp_path / "my-inception.pt")  # any file name works
     ext = M.load_extractor(str(path))
-    assert ext.identity.startswith("clean-fid:") and ext.identity.endswith(M._sha256(path)[:16])
+    assert ext.identity.startswith("clean-fid:") and ext.identity.endswith(M.sha256_file(path)[:16])
     feats = M.features(reals[:3], ext)
     assert feats.shape == (3, 2048) and feats.dtype == np.float32 and np.isfinite(feats).all()
     assert M.MetricTracker(("fid",), reals, tmp_path, 8, extractor=ext).identity == ext.identity

@@ -2,7 +2,8 @@
 
 A real ``pipeline serve`` process on 127.0.0.1 (tiny 32 px generator, torch backend) is fuzzed by
 schemathesis from the server's own OpenAPI schema, positive and negative data: no 5xx, every
-response conforms to the schema (status code, content type, headers, body).
+response conforms to the schema (status code, content type, headers, body), schema-valid requests
+are accepted and schema-invalid ones rejected (the schema says exactly what the server takes).
 """
 
 from __future__ import annotations
@@ -96,7 +97,13 @@ def server(gen):
     assert "Traceback" not in s.output(), s.output()
 
 
-def fuzz(url: str, examples_per_operation: int, seed: int = 0) -> Counter:
+def fuzz(
+    url: str,
+    examples_per_operation: int,
+    seed: int = 0,
+    headers: dict | None = None,
+    modes: tuple = ("positive", "negative"),
+) -> Counter:
     """Run schemathesis over every operation; returns status-code counts. Raises on any failed check."""
     import hypothesis
     import schemathesis
@@ -105,6 +112,8 @@ def fuzz(url: str, examples_per_operation: int, seed: int = 0) -> Counter:
     from schemathesis.checks import not_a_server_error
     from schemathesis.specs.openapi.checks import (
         content_type_conformance,
+        negative_data_rejection,
+        positive_data_acceptance,
         response_headers_conformance,
         response_schema_conformance,
         status_code_conformance,
@@ -116,6 +125,8 @@ def fuzz(url: str, examples_per_operation: int, seed: int = 0) -> Counter:
         content_type_conformance,
         response_headers_conformance,
         response_schema_conformance,
+        positive_data_acceptance,  # a schema-valid request is never a 422
+        negative_data_rejection,  # a schema-invalid one is never accepted
     ]
     schema = schemathesis.openapi.from_url(url + "/openapi.json")
     statuses: Counter = Counter()
@@ -126,7 +137,7 @@ def fuzz(url: str, examples_per_operation: int, seed: int = 0) -> Counter:
         session = requests.Session()
         for result in schema.get_all_operations():
             op = result.ok()
-            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            for mode in map(GenerationMode, modes):
 
                 @settings(
                     max_examples=examples_per_operation,
@@ -139,7 +150,7 @@ def fuzz(url: str, examples_per_operation: int, seed: int = 0) -> Counter:
                 @hypothesis.seed(seed)
                 @hypothesis.given(case=op.as_strategy(generation_mode=mode))
                 def one(case):
-                    response = case.call(base_url=url, session=session, timeout=30)
+                    response = case.call(base_url=url, session=session, headers=headers, timeout=30)
                     statuses[response.status_code] += 1
                     try:
                         case.validate_response(response, checks=checks)

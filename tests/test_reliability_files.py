@@ -305,7 +305,7 @@ FORMATS = {
     ),
 )
 def test_dataset_reader_survives_random_bytes(data, prefix):
-    from projgan.train.dataset import _decode
+    from projgan.imagefiles import decode as _decode
 
     out = _decode(prefix + data, 32)
     assert out is None or (out[0].shape == (32, 32, 3) and out[0].dtype == np.uint8)
@@ -321,7 +321,7 @@ def test_dataset_reader_survives_random_bytes(data, prefix):
     cut=st.one_of(st.none(), st.floats(0.0, 1.0)),
 )
 def test_dataset_reader_takes_odd_modes_sizes_and_truncation(mode, fmt, w, h, seed, cut):
-    from projgan.train.dataset import _decode
+    from projgan.imagefiles import decode as _decode
 
     buf = io.BytesIO()
     try:

@@ -167,6 +167,7 @@ def test_image_route_is_cacheable(api):
         r = c.get("/v1/images/9.png")
         assert r.status_code == 200 and r.headers["content-type"] == "image/png"
         assert "max-age" in r.headers["cache-control"] and r.headers["etag"]
+        assert r.headers["cache-control"].startswith("public") and "vary" not in r.headers  # no key: shareable
         again = c.get("/v1/images/9.png", headers={"If-None-Match": r.headers["etag"]})
         assert again.status_code == 304 and again.content == b""
         assert c.get("/v1/images/10.png").headers["etag"] != r.headers["etag"]
@@ -230,7 +231,9 @@ BAD_BODIES = [
     {"seeds": list(range(65))},
     {"n": 0},
     {"n": 65},
-    {"n": 2, "seed": 2**32 - 1},
+    {"seed": 5},
+    {"seeds": None, "n": 2},
+    {"seeds": [1], "seed": None},
     {"seeds": [1], "n": 1},
     {"seeds": [1], "seed": 1},
     {"seeds": [1], "format": "bmp"},
@@ -334,6 +337,23 @@ def test_api_key_guards_generation_but_not_health(generator_32):
         assert c.post("/v1/interpolate", json={"from": 1, "to": 2}).status_code == 401
         assert c.get("/v1/images/1.png", headers={"X-API-Key": "s3cret"}).status_code == 200
         assert c.post("/v1/generate", json={"seeds": [1]}, headers={"X-API-Key": "s3cret"}).status_code == 200
+
+
+def test_keyed_images_are_not_cacheable_by_shared_caches(generator_32):
+    """Behind a key, a proxy or CDN must not serve one caller's cached image to callers without it."""
+    cfg = ServeConfig(source=str(generator_32), backend="torch", device="cpu", api_key="s3cret", ui=False)
+    key = {"X-API-Key": "s3cret"}
+    with background_server(create_app(cfg)) as url, httpx.Client(base_url=url, timeout=30) as c:
+        r = c.get("/v1/images/9.png", headers=key)
+        again = c.get("/v1/images/9.png", headers={**key, "If-None-Match": r.headers["etag"]})
+        refused = c.get("/v1/images/9.png")
+    for resp in (r, again):
+        directives = {d.strip().split("=")[0] for d in resp.headers["cache-control"].split(",")}
+        assert "private" in directives and "public" not in directives and "max-age" in directives
+        assert "x-api-key" in resp.headers["vary"].lower()
+        assert resp.headers["etag"] == r.headers["etag"]
+    assert r.status_code == 200 and again.status_code == 304
+    assert refused.status_code == 401 and "public" not in refused.headers.get("cache-control", "")
 
 
 @pytest.mark.gpu

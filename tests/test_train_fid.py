@@ -12,7 +12,7 @@ from projgan.errors import UserError
 from projgan.train.loop import train
 from tests.conftest import tiny_train_cfg
 
-pytest.importorskip("projgan.evaluation.metrics")
+pytest.importorskip("projgan.evaluation.fid")
 pytest.importorskip("projgan.evaluation.plots")
 
 

@@ -1,10 +1,17 @@
-"""The Triton model repository: config text parsed back, dims without the batch axis."""
+"""The Triton model repository: configs read back with Triton's own ModelConfig schema."""
 
 from __future__ import annotations
 
 import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
 
 from projgan.export import triton
+
+
+def read_config(path) -> mc.ModelConfig:
+    """Parse as Triton does: unknown fields, wrong types and bad enum names raise ParseError."""
+    return text_format.Parse(path.read_text(), mc.ModelConfig())
 
 
 def test_config_parses_back_with_batch_axis_implicit(tmp_path):
@@ -22,39 +29,31 @@ def test_config_parses_back_with_batch_axis_implicit(tmp_path):
     }
     assert (tmp_path / "triton/projgan_generator/1/model.onnx").read_bytes() == b"onnx bytes"
 
-    onnx_cfg = triton.parse_pbtxt((tmp_path / "triton/projgan_generator/config.pbtxt").read_text())
-    assert onnx_cfg["name"] == "projgan_generator" and onnx_cfg["platform"] == "onnxruntime_onnx"
-    assert onnx_cfg["max_batch_size"] == 32
-    (inp,), (out,) = onnx_cfg["input"], onnx_cfg["output"]
-    assert inp == {"name": "z", "data_type": "TYPE_FP32", "dims": [256]}  # no batch axis
-    assert out == {"name": "image", "data_type": "TYPE_FP32", "dims": [3, 64, 64]}
-    db = onnx_cfg["dynamic_batching"]
-    assert db["preferred_batch_size"] == [8, 32] and db["max_queue_delay_microseconds"] == 5000
-    assert all(s <= onnx_cfg["max_batch_size"] for s in db["preferred_batch_size"])
-    assert "instance_group" not in onnx_cfg  # Triton picks GPU or CPU for ONNX
+    onnx_cfg = read_config(tmp_path / "triton/projgan_generator/config.pbtxt")
+    assert onnx_cfg.name == "projgan_generator" and onnx_cfg.platform == "onnxruntime_onnx"
+    assert onnx_cfg.max_batch_size == 32
+    (inp,), (out,) = onnx_cfg.input, onnx_cfg.output
+    assert (inp.name, inp.data_type, list(inp.dims)) == ("z", mc.TYPE_FP32, [256])  # no batch axis
+    assert (out.name, out.data_type, list(out.dims)) == ("image", mc.TYPE_FP32, [3, 64, 64])
+    db = onnx_cfg.dynamic_batching
+    assert list(db.preferred_batch_size) == [8, 32] and db.max_queue_delay_microseconds == 5000
+    assert not onnx_cfg.instance_group  # Triton picks GPU or CPU for ONNX
 
-    trt_cfg = triton.parse_pbtxt((tmp_path / "triton/projgan_generator_trt/config.pbtxt").read_text())
-    assert trt_cfg["platform"] == "tensorrt_plan"
-    assert trt_cfg["instance_group"] == [{"count": 1, "kind": "KIND_GPU"}]
+    trt_cfg = read_config(tmp_path / "triton/projgan_generator_trt/config.pbtxt")
+    assert trt_cfg.platform == "tensorrt_plan"
+    (group,) = trt_cfg.instance_group
+    assert (group.count, group.kind) == (1, mc.ModelInstanceGroup.KIND_GPU)
 
 
-def test_parser_handles_comments_repeats_and_rejects_garbage():
-    text = """
-    # a comment
-    name: "m"  # trailing comment
-    input { name: "a" dims: [ 1, 2 ] }
-    input { name: "b" dims: [ 3 ] }
-    parameters { key: "x" value: { string_value: "y" } }
-    """
-    cfg = triton.parse_pbtxt(text)
-    assert cfg["name"] == "m"
-    assert [i["name"] for i in cfg["input"]] == ["a", "b"]
-    assert cfg["input"][0]["dims"] == [1, 2]
-    assert cfg["parameters"]["value"]["string_value"] == "y"
-    with pytest.raises(ValueError):
-        triton.parse_pbtxt('name: "m" input { name: "a" ')
-    with pytest.raises(ValueError):
-        triton.parse_pbtxt("{ }")
+def test_schema_and_load_rules_reject_bad_configs():
+    with pytest.raises(text_format.ParseError):  # the schema our old hand parser could not enforce
+        text_format.Parse('name: "m" max_batch_size: 4 dynamic_batching { preferred_batch: 2 }', mc.ModelConfig())
+    with pytest.raises(text_format.ParseError):
+        text_format.Parse('name: "m" input { name: "z" data_type: TYPE_FLOAT32 }', mc.ModelConfig())
+    with pytest.raises(ValueError, match="preferred_batch_size 64 outside 1..32"):
+        triton.model_config("m", "onnxruntime_onnx", 32, 256, (3, 8, 8), [8, 64], 100)
+    with pytest.raises(ValueError, match="positive dims"):
+        triton.model_config("m", "onnxruntime_onnx", 32, 0, (3, 8, 8), [8], 100)
 
 
 def test_exported_repository_matches_the_manifest(tmp_path):
@@ -70,10 +69,11 @@ def test_exported_repository_matches_the_manifest(tmp_path):
     out = tmp_path / "exp"
     assert export(ExportConfig(source=str(src), out=str(out), triton=True, parity_seeds=2, batch_sizes=(1, 4, 16)))
     m = artifacts.read_manifest(out)
-    cfg = triton.parse_pbtxt((out / "triton/projgan_generator/config.pbtxt").read_text())
-    assert cfg["max_batch_size"] == m["batch_profile"]["max"] == 16
+    cfg = read_config(out / "triton/projgan_generator/config.pbtxt")
+    assert cfg.max_batch_size == m["batch_profile"]["max"] == 16
     model = onnx.load(str(out / "triton/projgan_generator/1/model.onnx"))
     dims = [d.dim_value or d.dim_param for d in model.graph.output[0].type.tensor_type.shape.dim]
-    assert dims[0] == "batch" and cfg["output"][0]["dims"] == dims[1:]
-    assert cfg["input"][0]["dims"] == m["inputs"][0]["shape"][1:]
+    assert dims[0] == "batch" and list(cfg.output[0].dims) == dims[1:]
+    assert list(cfg.input[0].dims) == m["inputs"][0]["shape"][1:]
+    assert (cfg.input[0].name, cfg.output[0].name) == (model.graph.input[0].name, model.graph.output[0].name)
     assert "triton/projgan_generator/1/model.onnx" in m["files"]

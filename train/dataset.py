@@ -9,7 +9,6 @@ resumed or repeated run starts at once. The training loop holds the images as on
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import time
@@ -22,8 +21,8 @@ import numpy as np
 import torch
 
 from projgan.errors import UserError
+from projgan.imagefiles import decode, list_files, split_names
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".tga"}
 MIN_IMAGES = 8  # fewer than this cannot train a GAN meaningfully (and is almost always a wrong path)
 CACHE_NAME = "dataset-{resolution}px-{key}.npy"  # in the run directory; a .json summary sits beside it
 
@@ -55,77 +54,14 @@ class Summary:
         return "; ".join(parts)
 
 
-# ---------------------------------------------------------------- listing and decoding
-
-
-def _is_hidden(rel: str) -> bool:
-    return any(p.startswith(".") or p == "__MACOSX" for p in Path(rel).parts)
-
-
-def _list_files(source: Path) -> list[tuple[str, int, int]]:
-    """(relative name, size, mtime-or-crc) of every file, sorted: the dataset's identity."""
-    if zipfile.is_zipfile(source):
-        with zipfile.ZipFile(source) as zf:
-            return sorted((i.filename, i.file_size, i.CRC) for i in zf.infolist() if not i.is_dir())
-    out = []
-    for root, dirs, files in os.walk(source, followlinks=True):
-        dirs.sort()
-        for name in files:
-            p = Path(root) / name
-            try:
-                st = p.stat()
-            except OSError:
-                continue
-            out.append((p.relative_to(source).as_posix(), st.st_size, st.st_mtime_ns))
-    return sorted(out)
-
-
-def _to_rgb(im):
-    """Any PIL mode (grayscale, RGBA, palette, 16-bit, CMYK, float) -> 8-bit RGB."""
-    from PIL import Image
-
-    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        a = np.asarray(im, dtype=np.float64)
-        hi = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
-        if im.mode == "F" and a.max() <= 1.0:
-            hi = 1.0
-        a = np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(a, "L").convert("RGB")
-    if im.mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        rgba = im.convert("RGBA")
-        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))  # transparent -> white, not random colours
-        return Image.alpha_composite(bg, rgba).convert("RGB")
-    return im.convert("RGB") if im.mode != "RGB" else im
-
-
-def _decode(data: bytes, resolution: int):
-    """Bytes -> (uint8 [res, res, 3], shorter side) or None when the file is not a decodable image."""
-    from PIL import Image, ImageOps
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.draft("RGB", (resolution, resolution))  # JPEG: decode at a reduced size when possible
-            im = ImageOps.exif_transpose(im)
-            im.load()  # raises on truncated data
-            side = min(im.size)
-            im = _to_rgb(im)
-            w, h = im.size
-            box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
-            im = im.resize((resolution, resolution), Image.Resampling.LANCZOS, box=box)
-            return np.asarray(im, dtype=np.uint8).copy(), side
-    except (OSError, SyntaxError, ValueError, TypeError, Image.DecompressionBombError, ZeroDivisionError):
-        return None
+# ---------------------------------------------------------------- decoding (projgan.imagefiles reads)
 
 
 def _scan(source: Path, resolution: int, progress: bool = True) -> tuple[np.ndarray, Summary]:
     """Decode every image of a folder or zip: (uint8 [N, res, res, 3], summary)."""
     summary = Summary(source=str(source), resolution=resolution)
     is_zip = zipfile.is_zipfile(source)
-    names = [n for n, _, _ in _list_files(source) if not _is_hidden(n)]
-    images = [n for n in names if Path(n).suffix.lower() in IMAGE_EXTS]
-    summary.non_image = len(names) - len(images)
+    images, summary.non_image = split_names(source)
 
     zf = zipfile.ZipFile(source) if is_zip else None
 
@@ -137,7 +73,7 @@ def _scan(source: Path, resolution: int, progress: bool = True) -> tuple[np.ndar
 
     def load(name: str):
         data = read(name)
-        return None if data is None else _decode(data, resolution)
+        return None if data is None else decode(data, resolution)
 
     out = np.empty((len(images), resolution, resolution, 3), dtype=np.uint8)
     sides: list[int] = []
@@ -192,7 +128,7 @@ def fingerprint(path: str | Path) -> str:
     """Identity of a dataset: names, sizes and mtimes (folders) or CRCs (zips) of its files."""
     p = _resolve_source(path)
     h = hashlib.sha256(str(p.resolve()).encode())
-    for name, size, stamp in _list_files(p):
+    for name, size, stamp in list_files(p):
         h.update(f"{name}\0{size}\0{stamp}\n".encode())
     return h.hexdigest()[:16]
 

@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 import torch
 from torch import distributed as dist
 
 from projgan.errors import UserError
-from projgan.hardware import cpu_has_fast_bf16  # noqa: F401  (re-exported)
+from projgan.hardware import cpu_has_fast_bf16, resolve_device
+
+# Collectives in the training step time out after this (a hung peer should not hang the job forever);
+# PROJGAN_DIST_TIMEOUT_S overrides it. Rank-0-only work (FID, snapshots) is waited for on a separate
+# group with MAIN_WAIT instead, so a long FID never trips the step's timeout.
+STEP_TIMEOUT_S = 1800.0
+MAIN_WAIT = timedelta(hours=6)
 
 
 @dataclass
@@ -24,6 +32,7 @@ class Runtime:
     world: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    wait_group: Any = None  # gloo group with a long timeout, for wait_for_main
 
     @property
     def main(self) -> bool:
@@ -45,29 +54,21 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
 
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda requested but CUDA is not available here", "use --device cpu or auto")
-        return torch.device("cuda", local_rank if device == "cuda" else torch.device(device).index)
-    if device != "cpu":
-        raise UserError(f"unknown --device {device!r}", "choose auto, cpu or cuda")
-    return torch.device("cpu")
-
-
 def init(device: str = "auto") -> Runtime:
     """Join the torchrun process group when there is one; pick this process's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = resolve_device(device, local_rank)
-    if world > 1 and not dist.is_initialized():
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return Runtime(rank=rank, world=world, local_rank=local_rank, device=dev)
+    dev = torch.device(resolve_device(device, local_rank))
+    wait_group = None
+    if world > 1:
+        if not dist.is_initialized():
+            if dev.type == "cuda":
+                torch.cuda.set_device(dev)
+            timeout = timedelta(seconds=float(os.environ.get("PROJGAN_DIST_TIMEOUT_S", STEP_TIMEOUT_S)))
+            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timeout)
+        wait_group = dist.new_group(backend="gloo", timeout=MAIN_WAIT)
+    return Runtime(rank=rank, world=world, local_rank=local_rank, device=dev, wait_group=wait_group)
 
 
 def shutdown(rt: Runtime) -> None:
@@ -75,9 +76,12 @@ def shutdown(rt: Runtime) -> None:
         dist.destroy_process_group()
 
 
-def barrier(rt: Runtime) -> None:
+def wait_for_main(rt: Runtime) -> None:
+    """Every rank waits here until rank 0 is done with work only it does (dataset cache, FID, files).
+
+    A barrier on the long-timeout gloo group: the step's collectives keep their short timeout."""
     if rt.world > 1:
-        dist.barrier()
+        dist.barrier(group=rt.wait_group)
 
 
 def broadcast_module(module: torch.nn.Module, rt: Runtime) -> None:

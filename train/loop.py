@@ -53,16 +53,12 @@ def _ensure_writable(out: Path) -> None:
         raise UserError(f"cannot write to run directory {out}: {e.strerror or e}", "choose another --out") from None
 
 
-def _grid(images: np.ndarray) -> np.ndarray:
-    """uint8 NHWC -> one near-square uint8 HWC grid."""
-    n, h, w, c = images.shape
-    cols = math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    grid = np.zeros((rows * h, cols * w, c), dtype=np.uint8)
-    for i, im in enumerate(images):
-        r, q = divmod(i, cols)
-        grid[r * h : (r + 1) * h, q * w : (q + 1) * w] = im
-    return grid
+def image_grid(images: np.ndarray) -> np.ndarray:
+    """uint8 NHWC -> one near-square uint8 HWC grid (torchvision's make_grid, no padding)."""
+    from torchvision.utils import make_grid
+
+    t = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    return make_grid(t, nrow=math.ceil(math.sqrt(len(images))), padding=0).permute(1, 2, 0).numpy()
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
@@ -73,26 +69,6 @@ def _write_png(path: Path, array: np.ndarray) -> None:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG")
     artifacts.atomic_write_bytes(path, buf.getvalue())
-
-
-def _rng_state(device: torch.device) -> dict:
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
-    }
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device).cpu()
-    return state
-
-
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
 class _Run:
@@ -153,18 +129,18 @@ class _Run:
                 raise UserError(f"--metrics law: {cfg.data} has no {LAW_FILE} naming a known law",
                                 "use it with a procedural dataset (pipeline quickstart makes one), or drop 'law'")
         if {"fid", "kid"} & set(cfg.metrics) and self.extractor is None and rt.main:
-            from projgan.evaluation.metrics import load_extractor
+            from projgan.evaluation.fid import load_extractor
 
             self.extractor = load_extractor(cfg.inception_weights, device=str(rt.device))
         if rt.main:
             images, summary = load_images(cfg.data, cfg.generator.resolution, cache_dir=self.out)
             self.log(summary.line())
             check_resolution(summary, cfg.generator.resolution)
-        dist.barrier(rt)
-        if not rt.main:  # the cache rank 0 just wrote; weights rank 0 just fetched
-            images, _ = load_images(cfg.data, cfg.generator.resolution, cache_dir=self.out, progress=False)
+        else:  # every rank reads the data itself (the cache rank 0 may be writing is not waited for)
+            images, _ = load_images(cfg.data, cfg.generator.resolution, progress=False)
             if state is None and projected:
                 weights = resolve_backbone_weights(cfg.backbone, cfg.backbone_weights)
+        dist.wait_for_main(rt)  # before the first collective (the weights broadcast in step.build)
         self.data = ImageDataset(images, rt.device, xflip=cfg.xflip)
         self.t = step.build(cfg, rt, weights)
         if projected:  # where the backbone's weights came from: recorded with the run, said at start
@@ -177,7 +153,7 @@ class _Run:
             best = float(c.get("best_score", c.get("best_fid", -1.0)))
             self.best_score = best if best >= 0 else math.inf
             if rt.main:
-                _set_rng_state(state["rng"], rt.device)
+                step.set_rng_state(state["rng"], rt.device)
             else:
                 torch.manual_seed(hash((cfg.seed, rt.rank, self.cur_nimg)) % 2**31)
         else:
@@ -190,6 +166,7 @@ class _Run:
             return False
         if rt.main:
             self._prepare_files(images, resumed=state is not None)
+        dist.wait_for_main(rt)
         g_params = sum(p.numel() for p in self.t.G.parameters())
         d_params = sum(p.numel() for p in self.t.D.parameters() if p.requires_grad)
         what = (f"projected D ({cfg.projection}, {cfg.num_discs} scales) on {cfg.backbone} at "
@@ -227,7 +204,7 @@ class _Run:
         reals = self.out / artifacts.SAMPLES_DIR / "reals.png"
         if not reals.exists():
             pick = np.random.default_rng(0).permutation(len(images))[: self.cfg.sample_seeds]
-            _write_png(reals, _grid(images[np.sort(pick)]))
+            _write_png(reals, image_grid(images[np.sort(pick)]))
 
     # ------------------------------------------------------------ outputs
 
@@ -253,11 +230,11 @@ class _Run:
             return
         kimg = self.cur_nimg / 1000
         seeds = range(self.cfg.sample_seeds)
-        _write_png(self.out / artifacts.SAMPLES_DIR / f"kimg{kimg:09.3f}.png", _grid(self.generate(seeds)))
+        _write_png(self.out / artifacts.SAMPLES_DIR / f"kimg{kimg:09.3f}.png", image_grid(self.generate(seeds)))
         fid = self.last_fid
         artifacts.save_generator(self.out / artifacts.GENERATOR_DIR, self.t.G_ema, self.meta(fid))
         state = step.state_dict(self.t)
-        state["rng"] = _rng_state(self.rt.device)
+        state["rng"] = step.rng_state(self.rt.device)
         if self.backbone_info:
             state["backbone"] = {k: v for k, v in self.backbone_info.items() if k != "name"}
         state["counters"] = {
@@ -277,7 +254,7 @@ class _Run:
         fid_metrics = tuple(m for m in self.cfg.metrics if m in ("fid", "kid"))
         if fid_metrics:
             if self.tracker is None:
-                from projgan.evaluation.metrics import MetricTracker
+                from projgan.evaluation.fid import MetricTracker
 
                 self.tracker = MetricTracker(
                     fid_metrics, self.data.numpy_nhwc(), cache_dir=self.out, num_images=self.cfg.fid_images,
@@ -412,10 +389,11 @@ class _Run:
                 crossed = self.cur_nimg // fid_nimg > tick_start_nimg // fid_nimg
                 fid_due = bool(cfg.metrics) and not interrupted and (crossed or done or bool(self.stop_reason))
                 if fid_due:
-                    self.evaluate()
+                    self.evaluate()  # rank 0 only: the others wait on the long-timeout group
+                    dist.wait_for_main(self.rt)
                 if fid_due or done or self.stop_reason or self.cur_tick % max(1, cfg.snapshot_ticks) == 0:
                     self.snapshot()
-                dist.barrier(self.rt)
+                dist.wait_for_main(self.rt)
                 # FID and snapshots do not count towards the next tick's sec/kimg.
                 tick_start_nimg, tick_start_time = self.cur_nimg, time.time()
                 if done or self.stop_reason:

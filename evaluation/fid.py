@@ -27,27 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from projgan.artifacts import sha256_file
 from projgan.errors import UserError
+from projgan.hardware import resolve_device
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 CLEANFID_CACHE = Path("./" if os.name == "nt" else "/tmp")  # where clean-fid's feature_extractor keeps it
 REF_PREFIX = "fid-ref"
 Extractor = Callable[[torch.Tensor], torch.Tensor]  # float 0..255 [B, 3, H, W] -> [B, F]
 Progress = Callable[[str, int, int], None]  # (stage, images just done, total)
-
-
-def _device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _inception_url() -> str:
@@ -121,7 +109,7 @@ class InceptionExtractor:
                 f"download it again from {_inception_url()}",
             ) from None
         self.device = device
-        self.identity = f"clean-fid:{INCEPTION_FILE}:{_sha256(path)[:16]}"
+        self.identity = f"clean-fid:{INCEPTION_FILE}:{sha256_file(path)[:16]}"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -131,7 +119,7 @@ class InceptionExtractor:
 def load_extractor(inception_weights: str = "", device: str = "cpu") -> InceptionExtractor:
     """clean-fid's Inception: from ``inception_weights`` (a local file), clean-fid's cache, or a
     quick download attempt; otherwise a ``UserError`` that says what to download and where."""
-    device = _device(device)
+    device = resolve_device(device)
     if inception_weights:
         path = Path(inception_weights).expanduser()
         if not path.is_file():
@@ -244,7 +232,7 @@ def features(images: np.ndarray, extractor: Extractor, device: str = "cpu", batc
     """Features ``[N, F]`` (float32) of uint8 NHWC images, ``batch`` at a time."""
     from cleanfid.fid import get_batch_features
 
-    device = _device(device)
+    device = resolve_device(device)
     out = []
     for i in range(0, len(images), batch):
         chunk = images[i : i + batch]
@@ -292,7 +280,7 @@ class MetricTracker:
             raise UserError(f"FID needs at least 2 reference images (got {len(self.reals)})")
         self.cache_dir = Path(cache_dir)
         self.num_images = int(num_images)
-        self.device = _device(device)
+        self.device = resolve_device(device)
         self.extractor = extractor if extractor is not None else load_extractor("", self.device)
         self.identity = extractor_identity(self.extractor)
         self.batch = int(batch)
