@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint browser clean
+.PHONY: demo test test-slow lint browser clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,6 +21,10 @@ browser:
 test: $(STAMP) browser
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
+
+# The long versions: kill/resume, 5,000-request load, full schemathesis, sabotaged training, torch.compile.
+test-slow: $(STAMP) browser
+	$(PY) -m pytest -m slow
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

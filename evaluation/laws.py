@@ -100,6 +100,20 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
 
+def _one_object(mask: np.ndarray, size_range: tuple[float, float], what: str) -> tuple[np.ndarray | None, str]:
+    """The single object a one-object law allows: the largest component, nothing else beside it, of a
+    size within the law's range (with 30 % slack); (None, why not) otherwise."""
+    comps = _components(mask)
+    if not comps:
+        return None, f"no {what}"
+    obj = comps[0]
+    if mask.sum() - obj.sum() > STRAY_MAX * mask.size:
+        return None, "more than one object"
+    if not size_range[0] * 0.7 <= np.sqrt(obj.sum()) / mask.shape[0] <= size_range[1] * 1.3:
+        return None, f"{what} size outside the law"
+    return obj, ""
+
+
 def _fit(comp: np.ndarray, kinds: tuple[str, ...], scales=(1.0,), angles: dict | None = None,
          ) -> tuple[str, float, float, float, float, float]:
     """Best ideal object for a component: (kind, cx, cy, size, angle, IoU). Centre from the centroid,
@@ -177,15 +191,9 @@ class Shapes:
         bg = _nearest(bg_color, {k: DARK[k] for k in self.categorical["bg"]})
         if bg is None:
             return Parse(False, "background not a law colour")
-        mask = np.linalg.norm(img - bg_color, axis=-1) > MASK_THRESHOLD
-        comps = _components(mask)
-        if not comps:
-            return Parse(False, "no object")
-        obj = comps[0]
-        if mask.sum() - obj.sum() > STRAY_MAX * mask.size:
-            return Parse(False, "more than one object")
-        if not (self.size_range[0] * 0.7 <= np.sqrt(obj.sum()) / obj.shape[0] <= self.size_range[1] * 1.3):
-            return Parse(False, "object size outside the law")
+        obj, why = _one_object(np.linalg.norm(img - bg_color, axis=-1) > MASK_THRESHOLD, self.size_range, "object")
+        if obj is None:
+            return Parse(False, why)
         fg = _nearest(np.median(img[obj], axis=0), {k: BRIGHT[k] for k in self.categorical["fg"]})
         if fg is None:
             return Parse(False, "object colour not a law colour")
@@ -295,14 +303,9 @@ class Rings:
         if left is None or np.linalg.norm(np.median(img[:, -1], axis=0) - DARK[self._right(left)]) > COLOR_TOL:
             return Parse(False, "background not a law split")
         mask = np.linalg.norm(img - self._background(left, res), axis=-1) > MASK_THRESHOLD
-        comps = _components(mask)
-        if not comps:
-            return Parse(False, "no ring")
-        obj = comps[0]
-        if mask.sum() - obj.sum() > STRAY_MAX * mask.size:
-            return Parse(False, "more than one object")
-        if not (self.size_range[0] * 0.7 <= np.sqrt(obj.sum()) / res <= self.size_range[1] * 1.3):
-            return Parse(False, "ring size outside the law")
+        obj, why = _one_object(mask, self.size_range, "ring")
+        if obj is None:
+            return Parse(False, why)
         fg = _nearest(np.median(img[obj], axis=0), BRIGHT)
         if fg is None:
             return Parse(False, "ring colour not a law colour")

@@ -215,12 +215,12 @@ def data_check(
     "make",
     epilog=(
         "Examples:\n\n  pipeline data make shapes ./shapes\n\n  pipeline data make rings ./rings --images 500 --resolution 64\n\n"
-        "Laws: shapes (one upright circle, square or triangle), disk (one white disk), dots (1-4 dots on a gradient), "
-        "rings (one ring on a split background). The folder gets a law.json, so --metrics law can score samples."
+        "Laws: shapes (one upright circle, square or triangle), disk (one white disk), discs (one coloured disc), "
+        "dots (1-4 dots on a gradient), rings (one ring on a split background). The folder gets a law.json, so --metrics law can score samples."
     ),
 )
 def data_make(
-    law: str = typer.Argument(..., help="shapes | disk | dots | rings."),
+    law: str = typer.Argument(..., help="shapes | disk | discs | dots | rings."),
     out: str = typer.Argument(..., help="Folder to write the PNGs and law.json into."),
     images: int = typer.Option(1000, help="Number of pictures."),
     resolution: int = typer.Option(32, help="Picture size in pixels."),
