@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from projgan import artifacts  # noqa: E402
 from projgan.generator import sample_latents  # noqa: E402
+from projgan.hardware import machine  # noqa: E402
 from projgan.serve.backends import OnnxRuntimeBackend  # noqa: E402
 from tests.conftest import make_generator  # noqa: E402
 
@@ -72,12 +72,7 @@ def main() -> None:
         report = {
             "command": ".venv/bin/python benchmarks/export_cpu.py  # = " + COMMAND,
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "machine": {
-                "cpu": platform.processor() or platform.machine(),
-                "cores": os.cpu_count(),
-                "loadavg_before": [round(x, 2) for x in load_before],
-                "platform": platform.platform(),
-            },
+            "machine": {**machine(), "loadavg_before": [round(x, 2) for x in load_before]},
             "versions": m["versions"],
             "generator": m["generator"],
             "parameters": m["onnx"]["parameters"],

@@ -162,39 +162,26 @@ def train(
     run_training(_resume_defaults(ctx, cfg))
 
 
-# CLI options whose config field has another name.
-_CLI_TO_CONFIG = {"resolution": "generator.resolution", "ngf": "generator.ngf"}
-
-
 def _resume_defaults(ctx: typer.Context, cfg):
     """Resuming a run: options not given on the command line take the values the run was started
     with (train_config.json), so re-running a shorter command continues the same recipe."""
-    import dataclasses
     import json
 
     from projgan import artifacts
-    from projgan.config import GeneratorConfig, TrainConfig
 
     out = Path(cfg.out)
     if not (out / artifacts.TRAINING_STATE).exists():
         return cfg
     try:
-        prev = json.loads((out / artifacts.TRAIN_CONFIG).read_text())
+        saved = json.loads((out / artifacts.TRAIN_CONFIG).read_text())
     except (OSError, ValueError):
         return cfg
-    d, g = cfg.to_dict(), dict(cfg.to_dict()["generator"])
-    for name in ctx.params:
-        source = ctx.get_parameter_source(name)  # by name: Typer may ship its own copy of click's enum
-        if name in ("data", "out") or getattr(source, "name", "") != "DEFAULT":
-            continue
-        key = _CLI_TO_CONFIG.get(name, name)
-        if key.startswith("generator."):
-            sub = key.split(".", 1)[1]
-            g[sub] = prev.get("generator", {}).get(sub, g[sub])
-        elif key in prev:
-            d[key] = prev[key]
-    d["generator"] = dataclasses.asdict(GeneratorConfig.from_dict(g))
-    return TrainConfig.from_dict(d)
+    # by name: Typer may ship its own copy of click's ParameterSource enum
+    unset = {n for n in ctx.params if getattr(ctx.get_parameter_source(n), "name", "") == "DEFAULT"}
+    return cfg.with_saved(saved, {_CLI_TO_CONFIG.get(n, n) for n in unset - {"data", "out"}})
+
+
+_CLI_TO_CONFIG = {"resolution": "generator.resolution", "ngf": "generator.ngf"}  # options named otherwise
 
 
 @data_app.command(

@@ -123,6 +123,18 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def with_saved(self, saved: dict[str, Any], keys: set[str]) -> TrainConfig:
+        """This config with ``keys`` (``generator.x`` for generator fields) taken from a saved run's config."""
+        d = self.to_dict()
+        for key in keys:
+            if key.startswith("generator."):
+                sub = key.split(".", 1)[1]
+                if sub in saved.get("generator", {}):
+                    d["generator"][sub] = saved["generator"][sub]
+            elif key in saved:
+                d[key] = saved[key]
+        return TrainConfig.from_dict(d)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         d = dict(d)

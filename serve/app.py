@@ -275,6 +275,9 @@ def create_app(cfg: ServeConfig, backend=None):
         summary="One image, cacheable",
     )
     async def image(request: Request, seed: Annotated[int, PathParam(ge=0, le=MAX_SEED)]):
+        if not str(request.path_params.get("seed", "")).isdigit():  # "+0.0" or "1e3": not an integer in a URL
+            raise RequestValidationError([{"type": "int_parsing", "loc": ("path", "seed"),
+                                           "msg": "seed must be written as a decimal integer", "input": seed}])
         etag = f'"{server.fingerprint}-{seed}"'
         headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
         if cfg.api_key:

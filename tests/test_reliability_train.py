@@ -71,7 +71,8 @@ def state_counters(run: Path) -> dict | None:
 
 
 def check_readable(run: Path, allow_torn_last_line: bool) -> list[dict]:
-    """The run directory after any interruption: state loads, rows parse, kimg strictly increasing."""
+    """The run directory after any interruption: state loads, rows parse, kimg strictly increasing.
+    Returns the tick and metric rows (a header row is written at every start)."""
     state_counters(run)
     metrics = run / "metrics.jsonl"
     rows = []
@@ -80,6 +81,9 @@ def check_readable(run: Path, allow_torn_last_line: bool) -> list[dict]:
         complete, tail = lines[:-1], lines[-1]
         assert tail == "" or allow_torn_last_line, f"unterminated last line {tail!r}"
         rows = [json.loads(line) for line in complete]  # every complete row parses
+    headers = [r for r in rows if r.get("kind") == "header"]
+    assert all(h["backbone"]["weights"] == "random" for h in headers)  # one per start, each says what trained
+    rows = [r for r in rows if r.get("kind") != "header"]
     kimgs = [r["kimg"] for r in rows if r.get("kind") == "tick"]
     assert kimgs == sorted(set(kimgs)), f"duplicate or out-of-order kimg rows: {kimgs}"
     if (run / "generator").exists():

@@ -251,7 +251,8 @@ def test_invalid_input_is_422_with_a_message_and_the_server_stays_healthy(api):
             assert r.json()["error"], body
         r = c.post("/v1/generate", content=b'{"seeds": [1,', headers={"content-type": "application/json"})
         assert r.status_code == 422
-        for path in ("/v1/images/abc.png", "/v1/images/-1.png", f"/v1/images/{2**32}.png"):
+        for path in ("/v1/images/abc.png", "/v1/images/-1.png", f"/v1/images/{2**32}.png", "/v1/images/+0.0.png",
+                     "/v1/images/1e3.png", "/v1/images/7.0.png"):
             assert c.get(path).status_code == 422, path
         for body in (
             {"from": 1, "to": 2, "steps": 1},
