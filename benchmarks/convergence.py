@@ -27,7 +27,8 @@ import torch
 from projgan import artifacts
 from projgan.config import GeneratorConfig, TrainConfig
 from projgan.evaluation.evaluate import default_cache_dir
-from projgan.evaluation.fid import MetricTracker, proxy_extractor
+from projgan.evaluation.features import proxy_extractor
+from projgan.evaluation.fid import MetricTracker
 from projgan.evaluation.law_score import law_score
 from projgan.evaluation.laws import get_law, law_params
 from projgan.generator import sample_latents, to_uint8

@@ -1,8 +1,10 @@
-"""`pipeline evaluate`: FID/KID of anything serving can load, against a folder or zip of images.
+"""`pipeline evaluate`: FD/KD, precision/recall and law scores of anything serving can load.
 
 The generator runs through the same ``load_backend`` code the server uses (torch, ONNX Runtime,
 TensorRT), so the FID of an fp16 engine next to the FID of the fp32 model is a distribution-level
-parity check. Each call appends one row to a JSONL file and prints it as a table.
+parity check. Images are generated once; every extractor embeds them once and all metrics (and the
+``--nearest`` memorisation check) reuse those features. Each call appends one row to a JSONL file
+and prints it as a table.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from rich.console import Console
 from rich.table import Table
 
 from projgan import artifacts, hardware
-from projgan.config import EvalConfig
+from projgan.config import EvalConfig, parse_metric
 from projgan.errors import UserError
+from projgan.evaluation import features as F
 from projgan.evaluation import fid as M
 from projgan.evaluation.reference import load_reference_images
 from projgan.generator import sample_latents
@@ -71,17 +74,18 @@ def _progress(enabled: bool = True):
 
 
 def evaluate(cfg: EvalConfig, extractor=None, cache_dir: str | Path | None = None,
-             progress: bool = True) -> list[dict[str, Any]]:
+             progress: bool = True, extractors: dict | None = None) -> list[dict[str, Any]]:
     """Score ``cfg.source`` with ``cfg.metrics``; append the row to the JSONL file and return it.
 
-    ``extractor``: a feature extractor (float 0..255 [B,3,H,W] -> [B,F]) to use instead of
-    clean-fid's Inception (tests inject a tiny one); ``cache_dir``: reference statistics folder.
+    ``extractor``: the extractor behind fid/kid/pr/--nearest instead of ``cfg.extractor`` (tests
+    inject a tiny one); ``extractors``: ready extractors by name for fd_<name>/kd_<name>;
+    ``cache_dir``: reference statistics folder.
     """
     from projgan.serve.backends import load_backend
 
     t0 = time.time()
     device = resolve_device(cfg.device)
-    fid_metrics = tuple(m for m in cfg.metrics if m in ("fid", "kid"))
+    feature_metrics = tuple(m for m in cfg.metrics if m != "law")
     law = None
     if "law" in cfg.metrics:
         from projgan.evaluation.laws import LAW_FILE, read_law
@@ -90,14 +94,17 @@ def evaluate(cfg: EvalConfig, extractor=None, cache_dir: str | Path | None = Non
         if law is None:
             raise UserError(f"--metrics law: {cfg.data} has no {LAW_FILE} naming a known law",
                             "the law score is for procedural datasets (pipeline quickstart makes one); use fid,kid")
-    # A damaged source is refused first (reading it takes seconds at most), then the Inception weights,
+    out = Path(cfg.out) if cfg.out else default_out(cfg.source)
+    # A damaged source is refused first (reading it takes seconds at most), then missing extractor weights,
     # both before anything slow: offline without weights fails within a second.
     backend = load_backend(cfg.source, cfg.backend, cfg.device, cfg.precision)
     values: dict[str, Any] = {}
-    reals, tracker = np.zeros((0,)), None
+    reals, tracker, memo = np.zeros((0,)), None, None
     try:
-        if extractor is None and fid_metrics:
-            extractor = M.load_extractor(cfg.inception_weights, device)
+        weights = {"inception": cfg.inception_weights, "dinov2": cfg.dinov2_weights,
+                   "auto": cfg.dinov2_weights or cfg.inception_weights}
+        extractor, named = M.load_metric_extractors(feature_metrics, extractor, weights, cfg.extractor, device,
+                                                    need_selected=cfg.nearest > 0, ready=extractors)
         batch = max(1, min(cfg.batch, backend.max_batch))
         if not backend.resolution:  # an ONNX file with a dynamic output shape: learn it from one image
             backend.generate(sample_latents([0], backend.z_dim))
@@ -106,14 +113,17 @@ def evaluate(cfg: EvalConfig, extractor=None, cache_dir: str | Path | None = Non
             return backend.generate(sample_latents(seeds, backend.z_dim))
 
         with _progress(progress) as update:
-            if fid_metrics:
+            if feature_metrics or cfg.nearest:
                 reals, skipped = load_reference_images(cfg.data, backend.resolution,
                                                        progress=lambda n, total: update("decode reference", n, total))
                 console.print(f"{len(reals)} reference images at {backend.resolution} px from {cfg.data}"
                               + (f" ({skipped} unreadable skipped)" if skipped else ""))
-                tracker = M.MetricTracker(fid_metrics, reals, cache_dir or default_cache_dir(), cfg.num_images,
-                                          extractor=extractor, device=device, batch=batch)
+                tracker = M.MetricTracker(feature_metrics, reals, cache_dir or default_cache_dir(), cfg.num_images,
+                                          extractor=extractor, device=device, batch=batch, extractors=named,
+                                          keep_images=cfg.nearest > 0)
                 values.update(tracker(generate, progress=update))
+            if cfg.nearest:
+                memo = _memorisation(tracker, reals, cfg.nearest, out.parent)
             if law:
                 from projgan.evaluation.law_score import law_score
 
@@ -128,6 +138,7 @@ def evaluate(cfg: EvalConfig, extractor=None, cache_dir: str | Path | None = Non
         desc = backend.describe()
     finally:
         backend.close()
+    selected = F.describe(tracker.extractor) if tracker and tracker.extractor is not None else None
     row = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "source": str(cfg.source),
@@ -141,42 +152,106 @@ def evaluate(cfg: EvalConfig, extractor=None, cache_dir: str | Path | None = Non
         "num_reals": int(len(reals)),
         "resolution": int(backend.resolution),
         "extractor": tracker.identity if tracker else None,
+        "preprocessing": selected["preprocessing"] if selected else None,
+        "extractor_note": getattr(tracker.extractor, "note", None) if tracker else None,
+        "extractors": tracker.describe() if tracker else None,
         "reference_cached": bool(tracker.cache_hit) if tracker else None,
+        **({"pr_k": M.PR_K} if "pr" in cfg.metrics else {}),
+        **({"memorisation": memo} if memo else {}),
         "seconds": round(time.time() - t0, 2),
         "versions": versions(),
     }
-    out = Path(cfg.out) if cfg.out else default_out(cfg.source)
     artifacts.append_jsonl(out, row)
     print_rows([row], f"appended to {out}")
     return [row]
 
 
+def _memorisation(tracker, reals: np.ndarray, k: int, out_dir: Path) -> dict[str, Any]:
+    """--nearest: the memorisation check on the features the metrics already computed (selected extractor);
+    its PNGs go beside the JSONL file, its summary numbers into the row."""
+    from projgan.evaluation.memorisation import memorisation, plot_memorisation
+
+    name = tracker.selected
+    if k > len(reals):
+        raise UserError(f"--nearest {k} exceeds the {len(reals)} reference images", "choose a smaller K")
+    report = memorisation(tracker.reference_features(name), tracker.last_features[name], k)
+    pngs = plot_memorisation(report, reals, tracker.last_images, out_dir)
+    summary = {key: (v.item() if isinstance(v, np.generic) else v) for key, v in report.items()
+               if not isinstance(v, np.ndarray)}
+    return {**summary, "extractor": name, "plots": [str(p) for p in pngs]}
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    """(header, cell(row)) for every metric present in ``rows``, in a fixed order."""
+    def show(v, fmt):  # tiny distances (DINOv2-scale KD, fp16 drift) keep their significant figures
+        return format(v, fmt) if v == 0 or abs(v) >= 0.01 or fmt[-1] != "f" else format(v, ".3g")
+
+    def num(key, fmt, se=None):
+        def cell(r):
+            if not isinstance(r.get(key), (int, float)):
+                return "-"
+            err = f" ± {show(r[se], fmt)}" if se and isinstance(r.get(se), (int, float)) else ""
+            return show(r[key], fmt) + err
+        return cell
+
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    cols: list[tuple[str, Any]] = []
+    for key in keys:
+        kind = parse_metric(key)
+        if kind is None or kind[0] not in ("fd", "kd"):
+            continue
+        header = {"fid": "FID", "kid": "KID"}.get(key) or f"{kind[0].upper()} {kind[1]}"
+        cols.append((header, num(key, ".3f") if kind[0] == "fd" else num(key, ".5f", f"{key}_se")))
+    for key in ("pr_precision", "pr_recall", "pr_density", "pr_coverage"):
+        if key in keys:
+            cols.append((key.replace("pr_", "PR ") if key in ("pr_precision", "pr_recall") else key[3:],
+                         num(key, ".3f")))
+    if "memorisation" in keys:
+        cols.append(("closer (memorised?)", lambda r: "-" if not r.get("memorisation") else
+                     f"{r['memorisation']['fraction_closer']:.1%} ({'YES' if r['memorisation']['memorised'] else 'no'})"))
+    if "law_valid" in keys:
+        cols += [("law valid", num("law_valid", ".3f")), ("law distance", num("law_distance", ".3f")),
+                 ("spread", lambda r: num("law_spread", ".2f")(r) + (" (collapsed)" if r.get("law_collapsed") else ""))]
+    return cols
+
+
 def print_rows(rows: list[dict[str, Any]], caption: str = "") -> None:
     table = Table(title="evaluation", caption=caption)
-    fid = any("fid" in r or "kid" in r for r in rows)
-    law = any("law_valid" in r for r in rows)
-    cols = ["source", "backend", "precision"] + (["FID", "KID"] if fid else [])
-    cols += ["law valid", "law distance", "spread"] if law else []
-    cols += ["images"] + (["reals"] if fid else []) + ["seconds"]
-    for col in cols:
-        table.add_column(col, justify="left" if col == "source" else "right")
-
-    def num(r, key, fmt):
-        return format(r[key], fmt) if isinstance(r.get(key), (int, float)) else "-"
-
-    for r in rows:
-        cells = [r["source"], r["backend"], r["precision"]]
-        if fid:
-            cells += [num(r, "fid", ".3f"), num(r, "kid", ".5f")]
-        if law:
-            spread = num(r, "law_spread", ".2f") + (" (collapsed)" if r.get("law_collapsed") else "")
-            cells += [num(r, "law_valid", ".3f"), num(r, "law_distance", ".3f"), spread]
-        cells += [str(r["num_images"])] + ([str(r["num_reals"])] if fid else []) + [f"{r['seconds']:.1f}"]
-        table.add_row(*cells)
+    metric_cols = _columns(rows)
+    features = any(r.get("num_reals") for r in rows)
+    cols = [("source", lambda r: r["source"]), ("backend", lambda r: r["backend"]),
+            ("precision", lambda r: r["precision"])] + metric_cols + [("images", lambda r: str(r["num_images"]))]
+    cols += ([("reals", lambda r: str(r["num_reals"]))] if features else []) + [("seconds", lambda r: f"{r['seconds']:.1f}")]
+    if len(metric_cols) <= 4:  # one line per source
+        for col, _ in cols:
+            table.add_column(col, justify="left" if col == "source" else "right")
+        for r in rows:
+            table.add_row(*[cell(r) for _, cell in cols])
+    else:  # many metrics: one line per metric, one column per source
+        table.add_column("")
+        for _ in rows:
+            table.add_column("", justify="right")
+        for col, cell in cols:
+            table.add_row(col, *[cell(r) for r in rows])
     console.print(table)
-    if rows and "fid" in rows[0] and rows[0]["num_images"] < 10000:
-        console.print("[dim]FID is biased upward at small --num-images: compare values only at equal counts "
-                      "(published FIDs use 50k generated images).[/]")
-    if rows and rows[0].get("extractor") and not rows[0]["extractor"].startswith("clean-fid:"):
-        console.print(f"[yellow]note:[/] features from {rows[0]['extractor']}, not Inception: "
-                      "numbers are not comparable with published FIDs")
+    if not rows:
+        return
+    first = rows[0]
+    fd = [k for k in first if (parse_metric(k) or ("",))[0] == "fd"]
+    if fd and first["num_images"] < 10000:
+        console.print("[dim]FD/FID is biased upward at small --num-images: compare values only at equal counts "
+                      "(published FIDs use 50k images); below 10k images prefer KD/KID (unbiased, shown ± its "
+                      "standard error).[/]")
+    if ({"fid", "kid", "pr_precision"} & set(first)) and first.get("extractor") and \
+            not first["extractor"].startswith("clean-fid:"):
+        console.print(f"[yellow]note:[/] fid/kid/pr use {first['extractor']}, not Inception: numbers are not "
+                      "comparable with published FIDs")
+    if first.get("extractor_note"):
+        console.print(f"[yellow]note:[/] {first['extractor_note']}")
+    memo = first.get("memorisation")
+    if memo:
+        console.print(f"memorisation ({memo['extractor']} features, {memo['k']} nearest): "
+                      f"{memo['fraction_closer']:.1%} of samples are closer to a training image than "
+                      f"{1 - memo['quantile']:.0%} of training images are to each other (expected "
+                      f"{memo['expected_fraction']:.0%}): {'MEMORISED' if memo['memorised'] else 'not memorised'}; "
+                      f"plots: {', '.join(memo['plots'])}")

@@ -1,15 +1,17 @@
-"""FID and KID with clean-fid's "clean" mode, for any callable that produces uint8 images.
+"""Distances between feature sets, and the tracker that scores a seed-addressed generator with them.
 
 ``MetricTracker(metrics, reals, cache_dir, num_images, extractor)`` holds a dataset's reference
-statistics (computed once, cached on disk keyed by a hash of the images and the extractor) and,
-called with ``generate(seeds) -> uint8 NHWC``, returns ``{"fid": ..., "kid": ...}`` for seeds
+statistics per extractor (mu, sigma and features: one pass over the reals, cached on disk keyed by a
+hash of the images and the extractor's identity) and, called with ``generate(seeds) -> uint8 NHWC``,
+returns e.g. ``{"fid": ..., "kid": ..., "kid_se": ..., "fd_dinov2": ..., "pr_recall": ...}`` for seeds
 ``0..num_images-1``: fixed seeds, so successive records of one run differ by the model, not the draw.
+Every extractor sees each generated batch once; all metrics of that extractor share those features.
 
-Images are resized exactly as clean-fid does (its own PIL bicubic float resizer to 299 px) and
-scored with clean-fid's ``frechet_distance`` and ``kernel_distance``. What is written here is only
-what clean-fid does not offer: its feature helpers read folders or draw ``torch.randn`` latents,
-while we score a seed-addressed callable and a uint8 array already in memory, and cache the
-reference statistics per dataset and extractor.
+Metric names (``projgan.config.parse_metric``): ``fid``/``kid``/``pr`` on the selected extractor
+(Inception unless another is chosen or injected), ``fd_<name>``/``kd_<name>`` on a named one.
+Extractors themselves live in ``evaluation/features.py``. The Fréchet distance is clean-fid's; KID's
+subset estimates follow clean-fid's kernel and draws; precision/recall/density/coverage are the
+``prdc`` package's.
 """
 
 from __future__ import annotations
@@ -17,163 +19,22 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import os
-import socket
-import sys
-import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
-from projgan.artifacts import sha256_file
+from projgan.config import parse_metric
 from projgan.errors import UserError
+from projgan.evaluation import features as F
 from projgan.hardware import resolve_device
 
-INCEPTION_FILE = "inception-2015-12-05.pt"
-CLEANFID_CACHE = Path("./" if os.name == "nt" else "/tmp")  # where clean-fid's feature_extractor keeps it
 REF_PREFIX = "fid-ref"
-Extractor = Callable[[torch.Tensor], torch.Tensor]  # float 0..255 [B, 3, H, W] -> [B, F]
-Progress = Callable[[str, int, int], None]  # (stage, images just done, total)
-
-
-def _inception_url() -> str:
-    from cleanfid.downloads_helper import inception_url
-
-    return inception_url
-
-
-def _missing_weights(detail: str) -> UserError:
-    cache = CLEANFID_CACHE / INCEPTION_FILE
-    return UserError(
-        f"clean-fid's Inception weights are not available ({detail})",
-        f"download {_inception_url()} and pass --inception-weights PATH, or put it at {cache} "
-        "(clean-fid's cache); pipeline train also accepts --metrics none",
-    )
-
-
-@contextlib.contextmanager
-def _socket_timeout(seconds: float):
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(old)
-
-
-def _fetch_inception() -> Path:
-    """clean-fid's own download into its cache, but failing within seconds when offline
-    (its ``urlopen`` has no timeout) and never leaving a truncated file behind."""
-    from cleanfid.downloads_helper import check_download_inception
-
-    dest = CLEANFID_CACHE / INCEPTION_FILE
-    print(f"downloading clean-fid's Inception weights (~95 MB) to {dest} ...", file=sys.stderr, flush=True)
-    try:
-        with _socket_timeout(15.0):
-            check_download_inception(fpath=str(CLEANFID_CACHE))
-    except Exception as e:  # URLError, timeouts, HTTP errors, a full disk
-        dest.unlink(missing_ok=True)
-        reason = getattr(e, "reason", None) or e
-        raise _missing_weights(f"offline? download failed: {type(e).__name__}: {reason}") from None
-    return dest
-
-
-class InceptionExtractor:
-    """clean-fid's TorchScript Inception-v3 (pool3, 2048 features), "clean" mode (resize outside).
-
-    The file is NVIDIA's TorchScript archive, loaded with ``torch.jit.load`` as clean-fid does:
-    this model exists in no weights-only format, so load only the file from the official URL.
-    """
-
-    feature_dim = 2048
-
-    def __init__(self, path: Path, device: str = "cpu"):
-        import tempfile
-
-        from cleanfid.inception_torchscript import InceptionV3W
-
-        path = Path(path)
-        try:
-            with tempfile.TemporaryDirectory(prefix="projgan-inception-") as tmp, warnings.catch_warnings():
-                folder = path.parent
-                if path.name != INCEPTION_FILE:  # InceptionV3W takes a folder holding that exact file name
-                    folder = Path(tmp)
-                    (folder / INCEPTION_FILE).symlink_to(path.resolve())
-                warnings.simplefilter("ignore", FutureWarning)  # torch 2.9+ calls torch.jit.load deprecated
-                self.model = InceptionV3W(str(folder), download=False, resize_inside=False).to(device).eval()
-        except Exception as e:
-            raise UserError(
-                f"{path} is not clean-fid's Inception TorchScript file ({type(e).__name__})",
-                f"download it again from {_inception_url()}",
-            ) from None
-        self.device = device
-        self.identity = f"clean-fid:{INCEPTION_FILE}:{sha256_file(path)[:16]}"
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.model(x.to(self.device))
-
-
-def load_extractor(inception_weights: str = "", device: str = "cpu") -> InceptionExtractor:
-    """clean-fid's Inception: from ``inception_weights`` (a local file), clean-fid's cache, or a
-    quick download attempt; otherwise a ``UserError`` that says what to download and where."""
-    device = resolve_device(device)
-    if inception_weights:
-        path = Path(inception_weights).expanduser()
-        if not path.is_file():
-            raise UserError(
-                f"--inception-weights {inception_weights}: no such file",
-                f"download {_inception_url()} and pass its path",
-            )
-        return InceptionExtractor(path, device)
-    cached = CLEANFID_CACHE / INCEPTION_FILE
-    path = cached if cached.is_file() else _fetch_inception()
-    return InceptionExtractor(path, device)
-
-
-def proxy_extractor():
-    """A fixed, seeded random conv net: the offline stand-in for Inception when its weights are absent.
-
-    Random features still separate distributions (the curve falls as samples improve), but the
-    numbers are not comparable with published FIDs; callers say so when they use it.
-    """
-    from torch import nn
-
-    g = torch.Generator().manual_seed(1234)
-    net = nn.Sequential(
-        nn.Conv2d(3, 32, 4, 2, 1), nn.LeakyReLU(0.2),
-        nn.Conv2d(32, 64, 4, 2, 1), nn.LeakyReLU(0.2),
-        nn.Conv2d(64, 128, 4, 2, 1), nn.LeakyReLU(0.2),
-        nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-    )
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (2.0 / max(p[0].numel(), 1)) ** 0.5)
-    net.eval().requires_grad_(False)
-
-    def extract(x):  # float 0..255 [B,3,H,W] -> [B,512]
-        with torch.no_grad():
-            x = torch.nn.functional.interpolate(x.float() / 127.5 - 1, size=(64, 64), mode="bilinear", antialias=True)
-            return net(x)
-
-    extract.identity = "quickstart-random-proxy-v1"  # stable key for the reference-statistics cache
-    return extract
-
-
-def extractor_identity(extractor) -> str:
-    """A stable name for an extractor, part of the reference-statistics cache key."""
-    ident = getattr(extractor, "identity", None)
-    if ident:
-        return str(ident)
-    if isinstance(extractor, torch.nn.Module):
-        h = hashlib.sha256(type(extractor).__qualname__.encode())
-        for k, v in extractor.state_dict().items():
-            h.update(k.encode())
-            h.update(v.detach().cpu().contiguous().numpy().tobytes())
-        return f"module:{type(extractor).__qualname__}:{h.hexdigest()[:16]}"
-    return f"callable:{getattr(extractor, '__module__', '')}.{getattr(extractor, '__qualname__', repr(extractor))}"
+KD_SUBSETS, KD_SUBSET_SIZE = 100, 1000  # clean-fid's (and Binkowski et al.'s) KID defaults
+PR_K = 5  # k of the k-NN manifolds: Naeem et al.'s recommendation for density/coverage
+PR_MAX_IMAGES = 10000  # prdc holds N x N distance matrices: 10k images ~ 1.2 GB
+Progress = F.Progress
 
 
 # ---------------------------------------------------------------- distances
@@ -200,46 +61,72 @@ def frechet_distance_eig(mu1, sigma1, mu2, sigma2) -> float:
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr)
 
 
+def kernel_distance_subsets(feats_gen: np.ndarray, feats_real: np.ndarray, num_subsets: int = KD_SUBSETS,
+                            max_subset_size: int = KD_SUBSET_SIZE, seed: int = 0) -> np.ndarray:
+    """The unbiased MMD^2 estimate (cubic polynomial kernel) of each of ``num_subsets`` random subsets of
+    ``min(N, max_subset_size)``. Written here because clean-fid's ``kernel_distance`` returns only their
+    mean; same kernel, subset size and draw order (from ``RandomState(seed)``), so the mean equals it."""
+    x_all, y_all = np.asarray(feats_real, np.float64), np.asarray(feats_gen, np.float64)
+    d = x_all.shape[1]
+    m = min(len(x_all), len(y_all), max_subset_size)
+    if m < 2:
+        raise ValueError(f"KID needs at least 2 images on each side (got {len(y_all)} and {len(x_all)})")
+    rng = np.random.RandomState(seed)
+    out = np.empty(num_subsets)
+    for i in range(num_subsets):
+        x = x_all[rng.choice(len(x_all), m, replace=False)]
+        y = y_all[rng.choice(len(y_all), m, replace=False)]
+        a = (x @ x.T / d + 1) ** 3 + (y @ y.T / d + 1) ** 3
+        b = (x @ y.T / d + 1) ** 3
+        out[i] = ((a.sum() - np.diag(a).sum()) / (m - 1) - b.sum() * 2 / m) / m
+    return out
+
+
 def kernel_distance(feats_gen: np.ndarray, feats_real: np.ndarray, seed: int = 0) -> float:
-    """clean-fid's KID (cubic polynomial kernel, 100 subsets of at most 1000). It draws subsets
-    from NumPy's global RNG; seed it here and restore it so records are reproducible and the
-    caller's RNG stream is untouched."""
-    from cleanfid.fid import kernel_distance as cleanfid_kid
-
-    state = np.random.get_state()
-    np.random.seed(seed)
-    try:
-        return float(cleanfid_kid(feats_gen, feats_real))
-    finally:
-        np.random.set_state(state)
+    """KID as clean-fid computes it (mean over 100 subsets of at most 1000), reproducible by ``seed``."""
+    return float(kernel_distance_subsets(feats_gen, feats_real, seed=seed).mean())
 
 
-# ---------------------------------------------------------------- features
+def kernel_distance_se(feats_gen: np.ndarray, feats_real: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """(KID, its standard error). KID is clean-fid's mean over subsets. Its error comes from the spread s of
+    subset estimates at ``m = min(1000, N // 2)`` images (below 1000 images clean-fid's subsets are all the
+    whole set and show no spread): a subset of m drawn from N varies like an m-sample estimate times
+    (1 - m/N), and such estimates vary as 1/m (a non-degenerate U-statistic), so Var(N images) =
+    s^2 m / (N - m); plus the variance of averaging 100 subsets instead of all pairs. Where the two
+    distributions coincide the variance falls as 1/N^2 instead, so the error is then an overestimate."""
+    n = min(len(feats_gen), len(feats_real))
+    est = kernel_distance_subsets(feats_gen, feats_real, seed=seed)
+    m = min(KD_SUBSET_SIZE, n // 2)
+    if m < 2:
+        return float(est.mean()), float("nan")
+    spread = est if m == min(n, KD_SUBSET_SIZE) else kernel_distance_subsets(feats_gen, feats_real,
+                                                                              max_subset_size=m, seed=seed + 1)
+    var = spread.var(ddof=1) * m / (n - m) + est.var(ddof=1) / len(est)
+    return float(est.mean()), float(np.sqrt(var))
 
 
-def clean_resize_batch(images: np.ndarray) -> torch.Tensor:
-    """uint8 NHWC -> float 0..255 [B, 3, 299, 299] with clean-fid's "clean" resizer (PIL bicubic
-    on float channels, no quantisation), as clean-fid feeds its extractors."""
-    from cleanfid.resize import build_resizer
+def precision_recall(feats_real: np.ndarray, feats_gen: np.ndarray, k: int = PR_K,
+                     max_images: int = PR_MAX_IMAGES, seed: int = 0) -> dict[str, float]:
+    """Precision, recall (Kynkäänniemi et al.), density and coverage (Naeem et al.) from k-NN manifolds,
+    by the ``prdc`` package. Each side is subsampled (fixed seed) to at most ``max_images`` and the reals to
+    as many as the generated images: the density/coverage expectations assume equal counts."""
+    from prdc import compute_prdc
 
-    resize = build_resizer("clean")
-    out = np.stack([resize(np.asarray(im)) for im in images])  # [B, 299, 299, 3] float32
-    return torch.from_numpy(out.transpose(0, 3, 1, 2).copy())
+    rng = np.random.default_rng(seed)
+    n = min(len(feats_gen), max_images)
+    gen = np.asarray(feats_gen)[np.sort(rng.permutation(len(feats_gen))[:n])] if len(feats_gen) > n else feats_gen
+    real = np.asarray(feats_real)
+    if len(real) > n:
+        real = real[np.sort(rng.permutation(len(real))[:n])]
+    if min(len(real), len(gen)) <= k:
+        raise UserError(f"precision/recall with k={k} needs more than {k} images on each side "
+                        f"(got {len(gen)} generated, {len(real)} real)", "raise --num-images")
+    with contextlib.redirect_stdout(io.StringIO()):  # prdc prints the set sizes
+        out = compute_prdc(np.asarray(real, np.float32), np.asarray(gen, np.float32), nearest_k=k)
+    return {key: float(out[key]) for key in ("precision", "recall", "density", "coverage")}
 
 
-def features(images: np.ndarray, extractor: Extractor, device: str = "cpu", batch: int = 64,
-             progress: Progress | None = None, stage: str = "features") -> np.ndarray:
-    """Features ``[N, F]`` (float32) of uint8 NHWC images, ``batch`` at a time."""
-    from cleanfid.fid import get_batch_features
-
-    device = resolve_device(device)
-    out = []
-    for i in range(0, len(images), batch):
-        chunk = images[i : i + batch]
-        out.append(np.asarray(get_batch_features(clean_resize_batch(chunk), extractor, device), dtype=np.float32))
-        if progress:
-            progress(stage, len(chunk), len(images))
-    return np.concatenate(out).reshape(len(images), -1)
+# ---------------------------------------------------------------- the tracker
 
 
 def _check_images(x: np.ndarray, what: str) -> np.ndarray:
@@ -260,18 +147,45 @@ def data_hash(images: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def load_metric_extractors(metrics: tuple[str, ...], extractor: F.Extractor | None = None,
+                           weights: dict[str, str] | None = None, selected: str = "inception", device: str = "cpu",
+                           need_selected: bool = False, ready: dict[str, F.Extractor] | None = None):
+    """(selected extractor or None, {name: extractor}) that ``metrics`` need, loaded up front so that missing
+    weights fail before anything slow. ``weights``: a local file per extractor name (and ``auto``);
+    ``ready``: extractors already loaded, by name; ``need_selected``: load the selected one regardless."""
+    weights = weights or {}
+    kinds = [parse_metric(m) for m in metrics if m != "law"]
+    if extractor is None and (need_selected or any(k is not None and k[1] == "" for k in kinds)):
+        extractor = F.load_extractor(selected, weights.get(selected, ""), device)
+    ready, named = dict(ready or {}), {}
+    if extractor is not None:
+        named[F.describe(extractor)["name"]] = extractor
+    for k in kinds:
+        if k is not None and k[1] and k[1] not in named:
+            named[k[1]] = ready.get(k[1]) or F.load_extractor(k[1], weights.get(k[1], ""), device)
+    return extractor, named
+
+
 class MetricTracker:
-    """FID/KID of a seed-addressed generator against fixed reals, with cached reference statistics.
+    """FD/KD/precision-recall of a seed-addressed generator against fixed reals, on one or more extractors.
 
     ``reals``: uint8 NHWC (all of them are used for the reference); ``num_images``: generated
     images per record (seeds 0..num_images-1); ``cache_dir``: where ``fid-ref-<key>.npz`` lives.
+    ``extractor``: the selected extractor behind ``fid``/``kid``/``pr`` (default: clean-fid's
+    Inception); ``extractors``: ready extractors by name for ``fd_<name>``/``kd_<name>`` (others are
+    loaded from local weights). ``keep_images``: keep the last record's generated images
+    (``last_images``) for plots such as the memorisation check. After a call, ``last_features`` holds
+    the generated features per extractor name, ``reference_features(name)`` the reals'.
     """
 
     def __init__(self, metrics: tuple[str, ...], reals: np.ndarray, cache_dir: str | Path, num_images: int,
-                 extractor: Extractor | None = None, device: str = "cpu", batch: int = 64):
-        bad = [m for m in metrics if m not in ("fid", "kid")]
-        if bad or not metrics:
-            raise UserError(f"unknown metric {bad[0]!r}" if bad else "no metric requested", "use fid, kid or fid,kid")
+                 extractor: F.Extractor | None = None, device: str = "cpu", batch: int = 64,
+                 extractors: dict[str, F.Extractor] | None = None, keep_images: bool = False):
+        plan = [(m, parse_metric(m)) for m in metrics]
+        bad = [m for m, p in plan if p is None or p[0] == "law"]
+        if bad or not (metrics or extractor is not None):
+            raise UserError(f"unknown metric {bad[0]!r}" if bad else "no metric requested",
+                            "use fid, kid, pr, fd_<extractor> or kd_<extractor>")
         if num_images < 2:
             raise UserError(f"FID needs at least 2 generated images (got {num_images})")
         self.metrics = tuple(metrics)
@@ -281,60 +195,109 @@ class MetricTracker:
         self.cache_dir = Path(cache_dir)
         self.num_images = int(num_images)
         self.device = resolve_device(device)
-        self.extractor = extractor if extractor is not None else load_extractor("", self.device)
-        self.identity = extractor_identity(self.extractor)
         self.batch = int(batch)
-        self._ref: dict[str, np.ndarray] | None = None
-        self._ref_path: Path | None = None
-        self.cache_hit: bool | None = None  # set once the reference is resolved
+        self.keep_images = keep_images
+        extractor, self.extractors = load_metric_extractors(metrics, extractor, device=self.device, ready=extractors)
+        self.extractor = extractor
+        self.selected = F.describe(extractor)["name"] if extractor is not None else ""
+        self.jobs = [(m, kind, ext or self.selected) for m, (kind, ext) in plan]
+        main = extractor if extractor is not None else next(iter(self.extractors.values()))
+        self.identity = F.extractor_identity(main)
+        self._main = F.describe(main)["name"]
+        self._refs: dict[str, dict[str, np.ndarray]] = {}
+        self._data_hash: str | None = None
+        self.cache_hits: dict[str, bool] = {}
+        self.last_features: dict[str, np.ndarray] = {}
+        self.last_images: np.ndarray | None = None
+
+    def ref_path_for(self, name: str) -> Path:
+        ext = self.extractors[name]
+        if self._data_hash is None:
+            self._data_hash = data_hash(self.reals)
+        key = hashlib.sha256(f"{self._data_hash}|{F.extractor_identity(ext)}|{F.cache_tag(ext)}".encode()).hexdigest()
+        return self.cache_dir / f"{REF_PREFIX}-{key[:20]}.npz"
 
     @property
     def ref_path(self) -> Path:
-        if self._ref_path is None:
-            key = hashlib.sha256(f"{data_hash(self.reals)}|{self.identity}|clean-299".encode()).hexdigest()
-            self._ref_path = self.cache_dir / f"{REF_PREFIX}-{key[:20]}.npz"
-        return self._ref_path
+        return self.ref_path_for(self._main)
+
+    @property
+    def cache_hit(self) -> bool | None:
+        """Whether every reference came from the cache (None until they are resolved)."""
+        return all(self.cache_hits.values()) if len(self.cache_hits) == len(self.extractors) else None
+
+    def describe(self) -> dict[str, dict]:
+        """Per extractor name: identity, preprocessing and whether its reference was cached (for result rows)."""
+        return {n: {**F.describe(e), "reference_cached": self.cache_hits.get(n)} for n, e in self.extractors.items()}
 
     def reference(self, progress: Progress | None = None) -> dict[str, np.ndarray]:
-        """mu, sigma and features of the reals: from the cache, or computed once and cached."""
-        if self._ref is not None:
-            return self._ref
-        path = self.ref_path
+        return self.reference_for(self._main, progress)
+
+    def reference_features(self, name: str = "") -> np.ndarray:
+        return self.reference_for(name or self._main)["feats"]
+
+    def reference_for(self, name: str, progress: Progress | None = None) -> dict[str, np.ndarray]:
+        """mu, sigma and features of the reals for one extractor: from the cache, or computed once and cached."""
+        if name in self._refs:
+            return self._refs[name]
+        path = self.ref_path_for(name)
         if path.exists():
             try:
                 with np.load(path, allow_pickle=False) as z:
-                    self._ref = {k: z[k] for k in ("mu", "sigma", "feats")}
-                self.cache_hit = True
-                return self._ref
+                    ref = {"mu": z["mu"], "sigma": z["sigma"], "feats": z["feats"].astype(np.float64)}
+                self._refs[name], self.cache_hits[name] = ref, True
+                return ref
             except (OSError, ValueError, KeyError):
                 pass  # a damaged cache file: recompute and overwrite it
-        feats = features(self.reals, self.extractor, self.device, self.batch, progress, "reference features")
-        self._ref = {"mu": feats.mean(0, dtype=np.float64), "sigma": np.cov(feats, rowvar=False), "feats": feats}
-        self.cache_hit = False
+        stage = "reference features" + (f" ({name})" if len(self.extractors) > 1 else "")
+        feats = F.features(self.reals, self.extractors[name], self.device, self.batch, progress, stage)
+        ref = {"mu": feats.mean(0), "sigma": np.cov(feats, rowvar=False), "feats": feats}
+        self._refs[name], self.cache_hits[name] = ref, False
+        f32 = feats.astype(np.float32)
+        stored = f32 if np.array_equal(f32, feats) else feats  # float32 network outputs: half the file, no loss
         from projgan.artifacts import atomic_write_bytes
 
         buf = io.BytesIO()
-        np.savez(buf, **self._ref, identity=np.array(self.identity))
+        np.savez(buf, mu=ref["mu"], sigma=ref["sigma"], feats=stored,
+                 identity=np.array(F.extractor_identity(self.extractors[name])))
         atomic_write_bytes(path, buf.getvalue())
-        return self._ref
+        return ref
 
     def __call__(self, generate: Callable[[np.ndarray], np.ndarray], progress: Progress | None = None) -> dict:
-        ref = self.reference(progress)
-        feats = []
+        refs = {n: self.reference_for(n, progress) for n in self.extractors}
+        feats: dict[str, list[np.ndarray]] = {n: [] for n in self.extractors}
+        kept = []
         seeds = np.arange(self.num_images, dtype=np.int64)
         for i in range(0, self.num_images, self.batch):
             chunk = seeds[i : i + self.batch]
             images = _check_images(generate(chunk), "generate(seeds)")
             if len(images) != len(chunk):
                 raise ValueError(f"generate returned {len(images)} images for {len(chunk)} seeds")
-            feats.append(features(images, self.extractor, self.device, self.batch))
+            for n, ext in self.extractors.items():  # one generation, every extractor sees it once
+                feats[n].append(F.features(images, ext, self.device, self.batch))
+            if self.keep_images:
+                kept.append(images)
             if progress:
                 progress("generate + features", len(chunk), self.num_images)
-        gen = np.concatenate(feats)
-        out = {}
-        if "fid" in self.metrics:
-            mu, sigma = gen.mean(0, dtype=np.float64), np.cov(gen, rowvar=False)
-            out["fid"] = frechet_distance(mu, sigma, ref["mu"], ref["sigma"])
-        if "kid" in self.metrics:
-            out["kid"] = kernel_distance(gen, ref["feats"])
+        gen = {n: np.concatenate(f) for n, f in feats.items()}
+        self.last_features = gen
+        self.last_images = np.concatenate(kept) if kept else None
+        out: dict[str, float] = {}
+        done: dict[tuple[str, str], Any] = {}  # fid and fd_<its name> are one computation
+        for metric, kind, name in self.jobs:
+            g, ref = gen[name], refs[name]
+            if (kind, name) not in done:
+                if kind == "fd":
+                    done[kind, name] = frechet_distance(g.mean(0), np.cov(g, rowvar=False), ref["mu"], ref["sigma"])
+                elif kind == "kd":
+                    done[kind, name] = kernel_distance_se(g, ref["feats"])
+                else:
+                    done[kind, name] = precision_recall(ref["feats"], g)
+            value = done[kind, name]
+            if kind == "fd":
+                out[metric] = value
+            elif kind == "kd":
+                out[metric], out[f"{metric}_se"] = value
+            else:
+                out.update({f"pr_{k}": v for k, v in value.items()})
         return out

@@ -1,4 +1,4 @@
-"""PNG plots: the FID curve of a run, and a benchmark's throughput and latency.
+"""PNG plots: the FID curve of a run (and its other distribution metrics), a benchmark's throughput and latency.
 
 matplotlib (Agg, no display) is imported inside each function so that importing this module, and
 the training step that calls it, stays light. Files are written atomically.
@@ -75,6 +75,55 @@ def plot_fid(rows: list[dict[str, Any]], out_png: str | Path, title: str = "") -
             handles, names = handles + h2, names + n2
         ax.legend(handles, names, loc="upper right", fontsize=8)
     fig.suptitle(title or f"FID over training ({len(rows)} records)")
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def plot_metrics(rows: list[dict[str, Any]], out_png: str | Path, title: str = "") -> Path | None:
+    """Every distribution metric of a run against kimg, one panel per family: FD (left axis) with KD ±
+    its standard error (right) per extractor (``fid``/``kid`` first, then ``fd_<name>``/``kd_<name>``),
+    and precision/recall/density/coverage. Returns the PNG path, or None when there is nothing to plot."""
+    def num(r, k):
+        return isinstance(r.get(k), (int, float))
+
+    rows = sorted((r for r in rows if any(num(r, k) for k in r if k.startswith(("fid", "kid", "fd_", "kd_", "pr_")))),
+                  key=lambda r: r.get("kimg", 0))
+    if not rows:
+        return None
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    families = [("fid", "kid", "FID / KID")] if ("fid" in keys or "kid" in keys) else []
+    names = dict.fromkeys(k.split("_", 1)[1] for k in keys if k.startswith(("fd_", "kd_")) and not k.endswith("_se"))
+    families += [(f"fd_{n}", f"kd_{n}", f"FD / KD on {n}") for n in names]
+    pr = [k for k in ("pr_precision", "pr_recall", "pr_density", "pr_coverage") if k in keys]
+    plt = _pyplot()
+    panels = len(families) + bool(pr)
+    fig, axes = plt.subplots(1, panels, figsize=(5.0 * panels, 3.6), squeeze=False)
+    for ax, (fd, kd, label) in zip(axes[0], families, strict=False):
+        pts = [(float(r.get("kimg", 0)), float(r[fd])) for r in rows if num(r, fd)]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), "o-", color="tab:blue", ms=3, label=fd.upper() if fd == "fid" else fd)
+        ax.set_ylabel("FD (lower is better)", color="tab:blue")
+        kpts = [(float(r.get("kimg", 0)), float(r[kd]), float(r.get(f"{kd}_se") or 0)) for r in rows if num(r, kd)]
+        if kpts:
+            ax2 = ax.twinx()
+            x, y, e = zip(*kpts, strict=True)
+            ax2.errorbar(x, y, yerr=e, fmt="s--", color="tab:orange", ms=3, capsize=2, label=f"{kd} ± se")
+            ax2.set_ylabel("KD (lower is better)", color="tab:orange")
+        ax.set_xlabel("kimg")
+        ax.set_title(label, fontsize=10)
+        ax.grid(alpha=0.3)
+    if pr:
+        ax = axes[0][-1]
+        for k, c in zip(pr, ("tab:green", "tab:purple", "tab:olive", "tab:cyan"), strict=False):
+            pts = [(float(r.get("kimg", 0)), float(r[k])) for r in rows if num(r, k)]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), "o-", color=c, ms=3, label=k.removeprefix("pr_"))
+        ax.set_xlabel("kimg")
+        ax.set_ylabel("higher is better")
+        ax.set_title("k-NN precision / recall / density / coverage", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title or f"distribution metrics over training ({len(rows)} records)")
     fig.tight_layout()
     return _save(fig, out_png)
 

@@ -11,6 +11,10 @@ with the ``projgan.serve.backends`` class serving uses, so the certificate speak
 Each backend is also run on the first seeds in smaller batches (1 and 7 beside the full chunk): the
 same seed must give the same image whichever batch it is in. The metrics and pass marks are
 ``projgan.similarity``'s, the same ones serving's load-time self-check applies.
+
+Every reduced-precision backend must also keep the *distribution* (``export/drift.py``): the FD of its
+images to torch fp32's on the same seeds, over the FD between fp32 on two disjoint seed sets, must stay
+under ``drift_max_ratio``. Per-seed PSNR cannot see a small shift that every image shares.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import numpy as np
 from projgan import artifacts
 from projgan import similarity as metrics
 from projgan.config import ExportConfig
+from projgan.errors import UserError
 from projgan.generator import sample_latents
 from projgan.serve import backends
 
@@ -38,6 +43,7 @@ class Candidate:
     key: str
     reduced: bool
     open: Callable[[], backends.Backend]
+    device: str = "cpu"  # where it runs: the drift check's auto image count depends on it
 
 
 def candidates(export_dir: Path, device: str, with_fp16: bool, with_trt: bool) -> list[Candidate]:
@@ -64,12 +70,15 @@ def candidates(export_dir: Path, device: str, with_fp16: bool, with_trt: bool) -
                 "onnxruntime-fp16",
                 True,
                 lambda: backends.OnnxRuntimeBackend(export_dir / artifacts.ONNX_FP16, device, "fp16"),
+                device,
             )
         )
     if backends.cpu_has_fast_bf16():
         out.append(Candidate("torch-bf16", True, torch_backend("bf16", "cpu")))
     if with_trt:
-        out.append(Candidate("tensorrt", True, lambda: backends.TensorRTBackend(export_dir / artifacts.TRT_PLAN)))
+        out.append(
+            Candidate("tensorrt", True, lambda: backends.TensorRTBackend(export_dir / artifacts.TRT_PLAN), "cuda")
+        )
     return out
 
 
@@ -102,6 +111,47 @@ def _batch_independence(backend, z, full: np.ndarray, chunk: int, reduced: bool,
     return {"sizes": [*sizes, min(chunk, len(z))], "max_abs": worst_abs, "psnr_min": worst_psnr, "passed": ok}
 
 
+class _Drift:
+    """The drift check of one certificate; torch fp32's features are made once, at the first reduced backend."""
+
+    def __init__(self, export_dir: Path, cfg: ExportConfig, todo: list[Candidate], chunk: int, progress):
+        from projgan.export import drift
+
+        self.export_dir, self.cfg, self.chunk, self.progress = export_dir, cfg, chunk, progress
+        self.n_max = max((drift.images_for(cfg.drift_images, c.device) for c in todo if c.reduced), default=0)
+        self.ref = None
+
+    def _open_fp32(self, device: str) -> backends.Backend:
+        G, config = artifacts.load_generator(self.export_dir / artifacts.GENERATOR_DIR)
+        return backends.TorchBackend(G, config, device, "fp32")
+
+    def _tracked(self, label: str, total: int, fn):
+        task = self.progress.add_task(label, total=total)
+        try:
+            return fn(lambda n: self.progress.advance(task, n))
+        finally:
+            self.progress.remove_task(task)
+
+    def measure(self, c: Candidate, b: backends.Backend) -> dict[str, Any]:
+        from projgan.export import drift
+
+        t0 = time.perf_counter()
+        if self.ref is None:  # where generation is fastest: thousands of images on a GPU
+            device, n = backends.resolve_device("auto"), self.n_max
+            self.ref = self._tracked(
+                "fp32 drift ref",
+                2 * n,
+                lambda adv: drift.reference(self._open_fp32, self.cfg.drift_extractor, device, n, self.chunk, adv),
+            )
+        n = drift.images_for(self.cfg.drift_images, c.device)
+        entry = self._tracked(
+            f"{c.key} drift",
+            n,
+            lambda adv: drift.measure(b, self.ref, n, self.cfg.drift_max_ratio, self.chunk, adv),
+        )
+        return {**entry, "reference_device": self.ref.device, "seconds": round(time.perf_counter() - t0, 2)}
+
+
 def certify(export_dir: str | Path, cfg: ExportConfig, with_trt: bool = False, console=None) -> dict[str, Any]:
     """Run the certificate on a built export folder; returns ``{key: entry}`` (see module doc).
 
@@ -127,6 +177,7 @@ def certify(export_dir: str | Path, cfg: ExportConfig, with_trt: bool = False, c
         console=console,
         transient=True,
     ) as progress:
+        drifts = _Drift(export_dir, cfg, todo, chunk, progress)
         for c in todo:
             task = progress.add_task(c.key, total=len(z))
             t0 = time.perf_counter()
@@ -145,6 +196,13 @@ def certify(export_dir: str | Path, cfg: ExportConfig, with_trt: bool = False, c
                 "providers": b.providers,
                 "seconds": round(seconds, 2),
             }
+            try:
+                drift_entry = drifts.measure(c, b) if c.reduced else None
+            except UserError:  # e.g. --drift-extractor inception without its weights: the user's to fix
+                b.close()
+                raise
+            except Exception as e:  # like a backend that cannot open: fails its entry, not the export
+                drift_entry = {"passed": False, "reason": f"drift check could not run: {str(e).splitlines()[0]}"}
             b.close()
             progress.remove_task(task)
             if ref is None:  # the reference: judged on itself (finite, batch independent, contrast)
@@ -170,11 +228,17 @@ def certify(export_dir: str | Path, cfg: ExportConfig, with_trt: bool = False, c
                 where = f"the same seeds differ across batches {indep['sizes']}"
                 reason = f"{reason}; {where}" if not ok else where
                 ok = False
+            if drift_entry is not None and not drift_entry["passed"]:
+                reason = f"{reason}; {drift_entry['reason']}" if not ok else drift_entry["reason"]
+                ok = False
+            elif drift_entry is not None:
+                reason += f"; drift {drift_entry['ratio']:.2g} x the noise floor"
             results[c.key] = {
                 **entry,
                 **info,
                 "reduced_precision": c.reduced,
                 "batch_independence": indep,
+                **({"drift": drift_entry} if drift_entry is not None else {}),
                 "passed": bool(ok),
                 "reason": reason,
             }
@@ -205,6 +269,7 @@ def table(results: dict[str, Any], t: metrics.Thresholds):
         "PSNR dB",
         "PSNR min @seed",
         "SSIM min @seed",
+        "drift/floor @n",
         "ref std",
         "batches",
         "result",
@@ -229,6 +294,7 @@ def table(results: dict[str, Any], t: metrics.Thresholds):
             "-" if ref else f"{e['psnr']:.1f}",
             "-" if ref else f"{e['psnr_min']:.1f} @{e['psnr_min_seed']}",
             "-" if ref else f"{e['ssim_min']:.4f} @{e['ssim_min_seed']}",
+            _drift_cell(e.get("drift")),
             f"{e['ref_std']:.3f}",
             ",".join(map(str, bi["sizes"])) + ("" if bi["passed"] else " [red]differ[/]"),
             result,
@@ -237,7 +303,36 @@ def table(results: dict[str, Any], t: metrics.Thresholds):
         f"pass: fp32 max abs <= {t.fp32_max_abs:g}; reduced precision: every seed's uint8 image "
         f"PSNR >= {t.min_psnr:g} dB and SSIM >= {t.min_ssim:g}"
     )
+    d = drift_summary(results)
+    if d:
+        tab.caption += (
+            f"; drift: FD to fp32 on the same n seeds <= {d['max_ratio']:g} x FD of fp32 on two disjoint "
+            f"n-seed sets ({d['extractor']} features)"
+        )
     return tab
+
+
+def _drift_cell(d: dict[str, Any] | None) -> str:
+    if d is None:
+        return "-"
+    if "ratio" not in d:
+        return "[red]error[/]"
+    text = f"{'inf' if d['ratio'] is None else format(d['ratio'], '.2g')} @{d['images']}"
+    return text if d["passed"] else f"[red]{text}[/]"
+
+
+def drift_summary(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest's word on the drift check: which extractor, which mark, how many images per backend."""
+    entries = {k: e["drift"] for k, e in results.items() if "ratio" in e.get("drift", {})}
+    if not entries:
+        return None
+    first = next(iter(entries.values()))
+    keep = ("extractor", "identity", "feature_dim", "max_ratio", "reference_device")
+    return {
+        **{k: first[k] for k in keep if k in first},
+        "images": {k: e["images"] for k, e in entries.items()},
+        "rule": "FD(backend, torch fp32) on seeds 0..n-1 / FD(torch fp32 on seeds 0..n-1, on n..2n-1) <= max_ratio",
+    }
 
 
 def failures(results: dict[str, Any]) -> list[str]:

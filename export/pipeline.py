@@ -195,6 +195,7 @@ def _build(tmp: Path, src: Path, cfg: ExportConfig, console: Console, state: dic
         "thresholds": t.as_dict(),
         "parity_seeds": cfg.parity_seeds,
         "parity": results,
+        "drift": parity.drift_summary(results),
         "versions": _versions(trt_info["built"]),
         "files": {
             f.relative_to(tmp).as_posix(): {"sha256": artifacts.sha256_file(f), "bytes": f.stat().st_size}
@@ -227,7 +228,7 @@ def export(cfg: ExportConfig) -> bool:
     """Run the export; True when every backend passed parity (the CLI exits 1 otherwise)."""
     console = Console()
     if not console.is_terminal:  # logs and CI: wide enough for the parity table
-        console = Console(width=132)
+        console = Console(width=150)
     src, out = _validate(cfg)
     t0 = time.perf_counter()
     console.print(f"[bold]export[/] {src} -> {out}")

@@ -107,10 +107,16 @@ def train(
     ),
     tick_kimg: float = typer.Option(1.0, help="kimg between metrics rows."),
     snapshot_ticks: int = typer.Option(10, help="Ticks between snapshots (always one at the end)."),
-    metrics: str = typer.Option("fid", help="fid | fid,kid | law (procedural data) | none, comma-separated."),
+    metrics: str = typer.Option(
+        "fid", help="Recorded every --fid-every kimg: fid, kid, pr (precision/recall/density/coverage), fd_dinov2, "
+        "kd_dinov2 (DINOv2 weights: --dinov2-weights or the Hugging Face cache), law (procedural data) or none; "
+        "comma-separated."
+    ),
     fid_every: float = typer.Option(50.0, help="kimg between FID records."),
     fid_images: int = typer.Option(5000, help="Generated images per FID record."),
+    extractor: str = typer.Option("inception", help="Features behind fid, kid, pr: inception | dinov2 | proxy | auto."),
     inception_weights: str = typer.Option("", help="Local clean-fid Inception weights file."),
+    dinov2_weights: str = typer.Option("", help="Local DINOv2 ViT-B/14 weights for fd_dinov2/kd_dinov2."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     seed: int = typer.Option(0, help="Random seed."),
     max_minutes: float = typer.Option(0.0, help="Stop with a snapshot after this many minutes (0: no limit)."),
@@ -152,14 +158,20 @@ def train(
         metrics=_metrics(metrics),
         fid_every=fid_every,
         fid_images=fid_images,
+        extractor=extractor.strip().lower(),
         inception_weights=inception_weights,
+        dinov2_weights=dinov2_weights,
         device=device,
         seed=seed,
         max_minutes=max_minutes,
     )
+    from projgan.evaluation.extractor_weights import preflight
+
+    cfg = _resume_defaults(ctx, cfg)
+    preflight(cfg.metrics, cfg.extractor, cfg.dinov2_weights)  # before torch loads: offline fails fast
     from projgan.train.loop import train as run_training
 
-    run_training(_resume_defaults(ctx, cfg))
+    run_training(cfg)
 
 
 def _resume_defaults(ctx: typer.Context, cfg):
@@ -229,7 +241,8 @@ def data_make(
         "  pipeline export runs/dogs --fp16\n\n"
         "  pipeline export runs/dogs/generator-best --out exports/dogs-best --batch-sizes 1,16,64 --triton\n\n"
         "Writes generator.onnx (+ generator.fp16.onnx, generator.fp16.plan where TensorRT exists) and export.json "
-        "with a parity certificate; exits 1 if a backend fails parity."
+        "with a parity certificate (every seed's image; for reduced precision also the FD drift of the "
+        "distribution); exits 1 if a backend fails it."
     )
 )
 def export(
@@ -242,6 +255,13 @@ def export(
     triton: bool = typer.Option(False, "--triton", help="Also write a Triton model repository."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing export directory."),
     parity_seeds: int = typer.Option(64, help="Seeds in the parity certificate."),
+    drift_images: int = typer.Option(
+        0, help="Images per reduced-precision backend in the drift check (0: 2048 on CUDA, 256 on a CPU)."
+    ),
+    drift_max_ratio: float = typer.Option(
+        0.1, help="Fail when a backend's FD to torch fp32 exceeds this fraction of the sampling-noise FD."
+    ),
+    drift_extractor: str = typer.Option("auto", help="Drift features: auto | inception | dinov2 | proxy."),
 ):
     """Export a generator to ONNX (fp32/fp16) and TensorRT, and certify output parity."""
     from projgan.config import ExportConfig
@@ -261,6 +281,9 @@ def export(
         triton=triton,
         force=force,
         parity_seeds=parity_seeds,
+        drift_images=drift_images,
+        drift_max_ratio=drift_max_ratio,
+        drift_extractor=drift_extractor,
     )
     from projgan.export.pipeline import export as run_export
 
@@ -320,22 +343,42 @@ def serve(
     epilog=(
         "Examples:\n\n"
         "  pipeline evaluate runs/dogs --data ./dogs --num-images 10000\n\n"
-        "  pipeline evaluate exports/dogs --backend onnxruntime --data ./dogs --metrics fid"
+        "  pipeline evaluate exports/dogs --backend onnxruntime --data ./dogs --metrics fid\n\n"
+        "  pipeline evaluate runs/dogs --data ./dogs --metrics fid,kid,fd_dinov2,kd_dinov2,pr "
+        "--dinov2-weights ~/dinov2/model.safetensors\n\n"
+        "  pipeline evaluate runs/dogs --data ./dogs --extractor auto --metrics fid,kid,pr --nearest 3\n\n"
+        "Metrics: fid, kid and pr (precision, recall, density, coverage) use --extractor; fd_<name> and kd_<name> "
+        "use the named extractor (inception, dinov2, proxy). KD/KID is shown ± its standard error and is the one "
+        "to compare below 10k images."
     )
 )
 def evaluate(
     source: str = typer.Argument(..., help="Anything serve can load."),
     data: str = typer.Option(..., help="Folder or .zip of reference images."),
     num_images: int = typer.Option(10000, help="Generated images."),
-    metrics: str = typer.Option("fid,kid", help="fid, kid, law (procedural data with a law.json), comma-separated."),
+    metrics: str = typer.Option(
+        "fid,kid", help="fid, kid, pr, fd_<extractor>, kd_<extractor> (e.g. fd_dinov2), law (procedural data with "
+        "a law.json), comma-separated."
+    ),
+    extractor: str = typer.Option(
+        "inception", help="Features behind fid, kid, pr and --nearest: inception | dinov2 | proxy (offline, random) "
+        "| auto (the best found locally, else proxy)."
+    ),
     backend: str = typer.Option("auto", help="auto | torch | onnxruntime | tensorrt."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     batch: int = typer.Option(32, help="Generation batch size."),
     precision: str = typer.Option("auto", help="Torch backend precision: auto | fp32 | bf16 | fp16."),
     inception_weights: str = typer.Option("", help="Local clean-fid Inception weights file."),
+    dinov2_weights: str = typer.Option(
+        "", help="Local DINOv2 ViT-B/14 weights (timm's model.safetensors) \\[default: the Hugging Face cache].",
+        show_default=False,
+    ),
+    nearest: int = typer.Option(
+        0, help="Memorisation check: the K nearest training images of each sample (PNGs beside the JSONL); 0: off."
+    ),
     out: str = typer.Option("", help="JSONL file to append results to."),
 ):
-    """FID/KID (clean-fid) of a generator, ONNX file or engine against a dataset."""
+    """FID/KID, FD/KD on DINOv2, precision/recall and memorisation of a generator, ONNX file or engine."""
     from projgan.config import EvalConfig
 
     cfg = EvalConfig(
@@ -347,9 +390,15 @@ def evaluate(
         device=device,
         batch=batch,
         precision=precision,
+        extractor=extractor.strip().lower(),
         inception_weights=inception_weights,
+        dinov2_weights=dinov2_weights,
+        nearest=nearest,
         out=out,
     )
+    from projgan.evaluation.extractor_weights import preflight
+
+    preflight(cfg.metrics, cfg.extractor, cfg.dinov2_weights, cfg.nearest > 0)  # before torch loads: offline fails fast
     from projgan.evaluation.evaluate import evaluate as run_evaluate
 
     run_evaluate(cfg)

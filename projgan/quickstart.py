@@ -30,10 +30,10 @@ RECIPE_WHY = ("32 px, ngf 8, batch 32, DCGAN discriminator (width 32), DiffAugme
 
 def _fid_extractor():
     """clean-fid's Inception where it is available, else the offline random-feature proxy (said)."""
-    from projgan.evaluation.fid import load_extractor, proxy_extractor
+    from projgan.evaluation.features import load_extractor, proxy_extractor
 
     try:
-        return load_extractor(""), "FID"
+        return load_extractor("inception"), "FID"
     except UserError:
         console.print("[yellow]note:[/] clean-fid's Inception weights are not available offline; FID uses a fixed "
                       "random-feature proxy (not comparable with published FIDs; see --inception-weights).")

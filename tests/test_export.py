@@ -24,6 +24,7 @@ from projgan.similarity import Thresholds
 from tests.conftest import make_generator
 
 SEEDS = 8  # the default stays 64; tests use fewer to stay fast
+DRIFT = 32  # drift images per reduced-precision backend (default 256 on a CPU): tests/test_drift.py checks more
 
 
 def pipeline_cli(*args: str, timeout: float = 180):
@@ -37,7 +38,9 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     src = make_generator(root / "run" / "generator", resolution=32, ngf=16, meta={"kimg": 1.5, "fid": 42.0})
     out = root / "exports" / "tiny"
-    cfg = ExportConfig(source=str(root / "run"), out=str(out), fp16=True, triton=True, parity_seeds=SEEDS)
+    cfg = ExportConfig(
+        source=str(root / "run"), out=str(out), fp16=True, triton=True, parity_seeds=SEEDS, drift_images=DRIFT
+    )
     assert export(cfg) is True
     return src, out
 
@@ -72,6 +75,9 @@ def test_parity_certificate_in_manifest(exported):
         assert e["batch_independence"]["passed"] and e["batch_independence"]["sizes"] == [1, 7, 8]
     assert parity["onnxruntime-fp32"]["max_abs"] <= 1e-4
     assert parity["onnxruntime-fp16"]["psnr_min"] >= 40 and parity["onnxruntime-fp16"]["ssim_min"] >= 0.99
+    for key, e in parity.items():  # the distribution check: every reduced precision, nothing else
+        assert ("drift" in e) == e["reduced_precision"], key
+        assert "drift" not in e or (e["drift"]["passed"] and e["drift"]["images"] == DRIFT)
     for e in parity.values():  # the worst seed of each metric, named separately
         assert {e["max_abs_seed"], e["psnr_min_seed"], e["ssim_min_seed"]} <= set(range(SEEDS))
 
@@ -104,12 +110,12 @@ def test_existing_output_is_not_clobbered_without_force(exported, tmp_path):
     src, out = exported
     before = (out / artifacts.MANIFEST).read_bytes()
     with pytest.raises(UserError, match="already exists"):
-        export(ExportConfig(source=str(src), out=str(out), parity_seeds=2))
+        export(ExportConfig(source=str(src), out=str(out), parity_seeds=2, drift_images=DRIFT))
     assert (out / artifacts.MANIFEST).read_bytes() == before
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     (copy / "stale.txt").write_text("from an older export")
-    assert export(ExportConfig(source=str(src), out=str(copy), force=True, parity_seeds=2))
+    assert export(ExportConfig(source=str(src), out=str(copy), force=True, parity_seeds=2, drift_images=DRIFT))
     assert not (copy / "stale.txt").exists() and not (copy / artifacts.ONNX_FP16).exists()
     assert artifacts.read_manifest(copy)["parity_seeds"] == 2
 
@@ -143,7 +149,7 @@ def test_tampered_onnx_weight_fails_parity(exported, tmp_path):
         arr = numpy_helper.to_array(init)
         init.CopyFrom(numpy_helper.from_array((arr * scale).astype(arr.dtype), init.name))
         onnx.save(model, str(bad / name))
-    results = certify(bad, ExportConfig(source="x", out=str(bad), fp16=True, parity_seeds=SEEDS))
+    results = certify(bad, ExportConfig(source="x", out=str(bad), fp16=True, parity_seeds=SEEDS, drift_images=DRIFT))
     assert results["torch-fp32"]["passed"]
     assert not results["onnxruntime-fp32"]["passed"] and "max abs" in results["onnxruntime-fp32"]["reason"]
     assert results["onnxruntime-fp32"]["max_abs"] > 1e-4
@@ -170,10 +176,22 @@ def test_failed_build_leaves_nothing_behind(tmp_path):
     assert not out.exists() and list((tmp_path / "exports").iterdir()) == []
 
 
-@pytest.mark.parametrize("kw", [{"opset": 13}, {"opset": 24}, {"batch_sizes": (8, 1, 64)}, {"parity_seeds": 0}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"opset": 13},
+        {"opset": 24},
+        {"batch_sizes": (8, 1, 64)},
+        {"parity_seeds": 0},
+        {"drift_images": 1},
+        {"drift_images": -5},
+        {"drift_max_ratio": 0.0},
+        {"drift_extractor": "vgg"},
+    ],
+)
 def test_bad_options_are_refused_by_the_config_alone(kw):
     """ExportConfig is the one place export options are validated; nothing is built first."""
-    with pytest.raises(UserError, match="opset|batch-sizes|parity-seeds"):
+    with pytest.raises(UserError, match="opset|batch-sizes|parity-seeds|drift"):
         ExportConfig(source="x", out="y", **kw)
 
 
@@ -198,6 +216,7 @@ def cli_source(tmp_path_factory):
         (["{root}/notagen"], "not a projgan generator"),
         (["{root}/generator", "--opset", "12"], "opset"),
         (["{root}/generator", "--batch-sizes", "64,8,1"], "--batch-sizes"),
+        (["{root}/generator", "--drift-images", "1"], "--drift-images"),
         (["{root}/generator", "--out", "{root}/taken"], "already exists"),
     ],
 )
@@ -224,7 +243,9 @@ def test_cli_broken_weights_fail_parity_with_exit_1(tmp_path):
     state["to_rgb.weight"][0, 0, 0, 0] = float("nan")
     save_file(state, str(src / "model.safetensors"))
     out = tmp_path / "exp"
-    r = pipeline_cli("export", str(src), "--out", str(out), "--parity-seeds", "4", "--no-tensorrt")
+    r = pipeline_cli(
+        "export", str(src), "--out", str(out), "--parity-seeds", "4", "--drift-images", str(DRIFT), "--no-tensorrt"
+    )
     assert r.returncode == 1, (r.stdout, r.stderr)
     assert "FAIL" in r.stdout and "NaN" in r.stdout and "Traceback" not in r.stderr
     m = json.loads((out / artifacts.MANIFEST).read_text())
@@ -238,7 +259,7 @@ def test_nearly_constant_reference_is_flagged(tmp_path, capsys):
     """A random-init generator's flat output inflates PSNR: the certificate says so beside the std."""
     src = make_generator(tmp_path / "generator", target_std=0.02)
     out = tmp_path / "exp"
-    assert export(ExportConfig(source=str(src), out=str(out), parity_seeds=2))
+    assert export(ExportConfig(source=str(src), out=str(out), parity_seeds=2, drift_images=DRIFT))
     ref = artifacts.read_manifest(out)["parity"]["torch-fp32"]
     assert ref["ref_std"] < 0.1 and "nearly constant" in ref["reason"]
     assert "nearly constant" in capsys.readouterr().out

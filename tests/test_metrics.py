@@ -1,4 +1,7 @@
-"""FID/KID building blocks: distances against SciPy, the tracker with an injected extractor, caching."""
+"""FID/KID building blocks: distances against SciPy, the tracker with an injected extractor, caching.
+
+More metric maths (KD standard error, precision/recall) is in test_distribution_metrics.py; the extractors
+themselves in test_extractors.py."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from PIL import Image
 from scipy import linalg
 
 from projgan.errors import UserError
+from projgan.evaluation import features as F
 from projgan.evaluation import fid as M
 from projgan.evaluation.plots import plot_fid
 from projgan.evaluation.reference import load_reference_images
@@ -115,7 +119,7 @@ def test_tracker_fid_zero_for_reals_and_large_for_noise(reals, tmp_path):
     # Unbiased KID of a set against itself is slightly negative (the self-pairs are dropped only
     # on one side); noise must score clearly above it.
     assert noise["kid"] > 0 and noise["kid"] > 2 * abs(same["kid"])
-    assert set(same) == {"fid", "kid"}
+    assert set(same) == {"fid", "kid", "kid_se"} and 0 < noise["kid_se"] < noise["kid"]
 
 
 def test_tracker_uses_fixed_seeds_and_the_reference_cache(reals, tmp_path):
@@ -154,12 +158,12 @@ def test_tracker_rejects_bad_input(reals, tmp_path):
 
 def test_missing_inception_weights_name_the_option(tmp_path):
     with pytest.raises(UserError) as e:
-        M.load_extractor(str(tmp_path / "nope.pt"))
+        F.load_extractor("inception", str(tmp_path / "nope.pt"))
     assert "--inception-weights" in str(e.value)
     bad = tmp_path / "inception-2015-12-05.pt"
     bad.write_bytes(b"not torchscript")
     with pytest.raises(UserError, match="not clean-fid's Inception"):
-        M.load_extractor(str(bad))
+        F.load_extractor("inception", str(bad))
 
 
 def test_reference_images_from_folder_and_zip_agree(tmp_path):
@@ -216,8 +220,9 @@ def _fake_inception(path):
 
 def test_local_inception_file_loads_through_clean_fid(reals, tmp_path):
     path = _fake_inception(tmp_path / "my-inception.pt")  # any file name works
-    ext = M.load_extractor(str(path))
-    assert ext.identity.startswith("clean-fid:") and ext.identity.endswith(M.sha256_file(path)[:16])
-    feats = M.features(reals[:3], ext)
-    assert feats.shape == (3, 2048) and feats.dtype == np.float32 and np.isfinite(feats).all()
+    ext = F.load_extractor("inception", str(path))
+    assert ext.identity.startswith("clean-fid:") and ext.identity.endswith(F.sha256_file(path)[:16])
+    assert ext.name == "inception" and "299" in ext.preprocessing
+    feats = F.features(reals[:3], ext)
+    assert feats.shape == (3, 2048) and feats.dtype == np.float64 and np.isfinite(feats).all()
     assert M.MetricTracker(("fid",), reals, tmp_path, 8, extractor=ext).identity == ext.identity

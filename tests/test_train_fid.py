@@ -1,4 +1,5 @@
-"""The FID path of training, driven end to end with an injected (tiny, fixed) feature extractor."""
+"""The FID path of training (and its other distribution metrics), driven end to end with an injected
+(tiny, fixed) feature extractor."""
 
 from __future__ import annotations
 
@@ -77,3 +78,31 @@ def test_missing_inception_weights_fail_before_training(tmp_path):
     assert "--inception-weights" in str(e.value) + (e.value.hint or "")
     assert not (tmp_path / "run" / artifacts.TRAINING_STATE).exists()
     assert not (tmp_path / "run" / artifacts.METRICS).exists()
+
+
+def test_every_metric_kind_is_recorded_per_fid_record_and_plotted(tmp_path):
+    from PIL import Image
+
+    metrics = ("fid", "kid", "pr", "fd_proxy", "kd_proxy")
+    run = train(_cfg(tmp_path, metrics=metrics, kimg=0.008), feature_extractor=TinyExtractor())
+    rows = [r for r in artifacts.read_jsonl(run / artifacts.METRICS) if r.get("kind") == "metric"]
+    assert [r["kimg"] for r in rows] == [0.004, 0.008]
+    for r in rows:
+        for key in ("fid", "kid", "kid_se", "fd_proxy", "kd_proxy", "kd_proxy_se", "pr_precision", "pr_recall",
+                    "pr_density", "pr_coverage"):
+            assert isinstance(r[key], float), key
+        assert r["extractor"].startswith("module:TinyExtractor")
+    assert len(list(run.glob("fid-ref-*.npz"))) == 2  # one reference per extractor, shared by its metrics
+    with Image.open(run / artifacts.FID_PLOT) as im:  # three panels: FID/KID, FD/KD on proxy, P/R/D/C
+        assert im.width > 1400
+
+
+def test_train_fd_dinov2_without_weights_fails_before_training(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    with pytest.raises(UserError, match="DINOv2"):
+        train(_cfg(tmp_path, metrics=("fid", "fd_dinov2")), feature_extractor=TinyExtractor())
+    assert not (tmp_path / "run" / artifacts.METRICS).exists()
+    with pytest.raises(UserError, match="unknown metric 'fd_clip'"):
+        _cfg(tmp_path, metrics=("fd_clip",))

@@ -128,10 +128,13 @@ class _Run:
             if self.law is None:
                 raise UserError(f"--metrics law: {cfg.data} has no {LAW_FILE} naming a known law",
                                 "use it with a procedural dataset (pipeline quickstart makes one), or drop 'law'")
-        if {"fid", "kid"} & set(cfg.metrics) and self.extractor is None and rt.main:
-            from projgan.evaluation.fid import load_extractor
+        if any(m != "law" for m in cfg.metrics) and rt.main:  # every extractor's weights, before the data is read
+            from projgan.evaluation.fid import load_metric_extractors
 
-            self.extractor = load_extractor(cfg.inception_weights, device=str(rt.device))
+            files = {"inception": cfg.inception_weights, "dinov2": cfg.dinov2_weights,
+                     "auto": cfg.dinov2_weights or cfg.inception_weights}
+            self.extractor, self.extractors = load_metric_extractors(cfg.metrics, self.extractor, files,
+                                                                     cfg.extractor, device=str(rt.device))
         if rt.main:
             images, summary = load_images(cfg.data, cfg.generator.resolution, cache_dir=self.out)
             self.log(summary.line())
@@ -244,21 +247,21 @@ class _Run:
         artifacts.save_training_state(self.out / artifacts.TRAINING_STATE, state)
 
     def evaluate(self) -> None:
-        """FID/KID (and the law score on procedural data) of EMA samples; keeps generator-best/ at the
-        best FID (or, without FID, the highest valid fraction)."""
+        """FID/KID, FD/KD on other extractors, precision/recall (and the law score on procedural data) of EMA
+        samples; keeps generator-best/ at the best FID (else the first FD, else the highest valid fraction)."""
         if not self.rt.main:
             return
         t0 = time.time()
         self.t.G_ema.eval()
         values: dict[str, float] = {}
-        fid_metrics = tuple(m for m in self.cfg.metrics if m in ("fid", "kid"))
+        fid_metrics = tuple(m for m in self.cfg.metrics if m != "law")
         if fid_metrics:
             if self.tracker is None:
                 from projgan.evaluation.fid import MetricTracker
 
                 self.tracker = MetricTracker(
                     fid_metrics, self.data.numpy_nhwc(), cache_dir=self.out, num_images=self.cfg.fid_images,
-                    extractor=self.extractor, device=str(self.rt.device),
+                    extractor=self.extractor, device=str(self.rt.device), extractors=getattr(self, "extractors", None),
                 )
             progress, done = self._fid_progress()
             try:
@@ -273,17 +276,20 @@ class _Run:
             self.last_law_valid = s["valid"]
         row = {"kind": "metric", "kimg": round(self.cur_nimg / 1000, 3), "wall": round(self.wall(), 2),
                **{k: (None if v is None else float(v)) for k, v in values.items()},
-               "num_images": self.cfg.fid_images if fid_metrics else LAW_IMAGES, "seconds": round(time.time() - t0, 2)}
+               "num_images": self.cfg.fid_images if fid_metrics else LAW_IMAGES, "seconds": round(time.time() - t0, 2),
+               **({"extractor": self.tracker.identity} if fid_metrics else {})}
         artifacts.append_jsonl(self.out / artifacts.METRICS, row)
         self._plot_fid()
         fid = values.get("fid")
         self.last_fid = fid
-        score = fid if fid is not None else 1.0 - values.get("law_valid", 0.0)
+        fd_key = "fid" if fid is not None else next((m for m in fid_metrics if m.startswith("fd_")), None)
+        score = values[fd_key] if fd_key else 1.0 - values.get("law_valid", 0.0)
         if score < self.best_score:
             self.best_score = score
             artifacts.save_generator(self.out / artifacts.BEST_GENERATOR_DIR, self.t.G_ema, self.meta(fid))
-        shown = ", ".join(f"{k} {float(v):.3f}" for k, v in values.items() if v is not None)
-        best = f"best FID {self.best_score:.3f}" if fid is not None else f"best valid {1 - self.best_score:.3f}"
+        shown = ", ".join(f"{k} {float(v):.4g}" for k, v in values.items() if v is not None)
+        best = (f"best {'FID' if fd_key == 'fid' else fd_key} {self.best_score:.3f}" if fd_key
+                else f"best valid {1 - self.best_score:.3f}")
         self.log(f"  kimg {row['kimg']:g}: {shown} ({best}, {row['seconds']:.0f} s)")
 
     def _fid_progress(self):
@@ -306,7 +312,12 @@ class _Run:
 
     def _plot_fid(self) -> None:
         rows = artifacts.read_jsonl(self.out / artifacts.METRICS)
-        if any("fid" in r for r in rows):
+        extra = any(k.startswith(("fd_", "kd_", "pr_")) for r in rows for k in r)
+        if extra:  # FD/KD on other extractors or precision/recall: one panel per family in fid.png
+            from projgan.evaluation.plots import plot_metrics
+
+            plot_metrics([r for r in rows if r.get("kind") == "metric"], self.out / artifacts.FID_PLOT)
+        elif any("fid" in r for r in rows):
             from projgan.evaluation.plots import plot_fid
 
             plot_fid([r for r in rows if "fid" in r], self.out / artifacts.FID_PLOT)
