@@ -86,7 +86,7 @@ def run_setting(name: str, overrides: dict, images: np.ndarray, law: str, args, 
     losses = step.pop_stats(t)
     from PIL import Image
 
-    from projgan.train.loop import image_grid
+    from projgan.train.samples import image_grid
 
     grid = image_grid(samples[:64])
     Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(

@@ -7,6 +7,11 @@ matmul microbenchmark in the same process, so "fraction of peak" compares number
 same load. Only precisions this machine runs natively are measured (bf16 on a CPU without
 AVX512-BF16/AMX is emulated ~100x slower than fp32); the skipped ones and why go into the JSON.
 Imports with torch alone: ONNX Runtime and matplotlib load only where used.
+
+Every generator architecture (``fastgan``, ``stylegan2``; conditional or not) is measured the same way:
+a conditional model's seeds get ``classes_for_seeds``. ``bench(..., generator=GeneratorConfig(...))``
+without a source measures a randomly initialised generator of that config (FLOPs and images/s need no
+training), and the JSON records its ``arch`` and ``num_classes`` in ``generator`` and in every row.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import torch
 from projgan import artifacts, hardware
 from projgan.config import BenchConfig, GeneratorConfig
 from projgan.errors import UserError
-from projgan.generator import sample_latents
+from projgan.generator import build_generator, sample_latents
 
 BENCH_JSON = "bench.json"
 
@@ -99,12 +104,22 @@ def ort_matmul_peak(device: str, n: int = 0, repeats: int = 10, budget_s: float 
     return {"fp32": round(2 * n**3 / best / 1e9, 1)}
 
 
-def generator_info(source: str | Path) -> dict[str, Any] | None:
-    """Architecture and FLOPs per image (``FlopCounterMode`` on the meta device: no compute), or None."""
+def generator_flops(cfg: GeneratorConfig) -> tuple[float, int]:
+    """FLOPs per image and parameters of any architecture (``FlopCounterMode`` on the meta device: no compute)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from projgan.generator import Generator
+    with torch.device("meta"):
+        G = build_generator(cfg).eval()
+        z = torch.zeros(2, cfg.z_dim)
+        c = torch.zeros(2, dtype=torch.long) if cfg.conditional else None
+        psi = torch.ones(2) if cfg.truncation else None
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            G(z, c=c, psi=psi)
+    return fc.get_total_flops() / 2, sum(p.numel() for p in G.parameters())
 
+
+def generator_info(source: str | Path) -> dict[str, Any] | None:
+    """Architecture and FLOPs per image, or None where the source holds no generator config."""
     src = Path(source)
     try:
         d = src / artifacts.GENERATOR_DIR if (src / artifacts.MANIFEST).exists() else src
@@ -112,12 +127,9 @@ def generator_info(source: str | Path) -> dict[str, Any] | None:
     except UserError:
         return None
     cfg = GeneratorConfig.from_dict(config["generator"])
-    with torch.device("meta"):
-        G = Generator(cfg).eval()
-        with FlopCounterMode(display=False) as fc, torch.no_grad():
-            G(torch.zeros(2, cfg.z_dim))
-    return {**dataclasses.asdict(cfg), "params": sum(p.numel() for p in G.parameters()),
-            "flops_per_image": fc.get_total_flops() / 2, "kimg": config.get("meta", {}).get("kimg")}
+    flops, params = generator_flops(cfg)
+    return {**dataclasses.asdict(cfg), "params": params, "flops_per_image": flops,
+            "kimg": config.get("meta", {}).get("kimg")}
 
 
 # ---------------------------------------------------------------- what to measure
@@ -181,17 +193,23 @@ def measure_interleaved(backends: list, batch: int, warmup: int, repeats: int, a
     """Seconds per ``generate`` call of ``batch`` images for each backend, after ``warmup`` untimed
     calls. Backends take turns call by call, so load from other processes, which drifts over
     seconds on a shared machine, falls on all of them alike instead of on whichever ran last."""
-    zs = [sample_latents(range(min(batch, be.max_batch)), be.z_dim) for be in backends]
+    seeds = [range(min(batch, be.max_batch)) for be in backends]
+    feeds = [(sample_latents(s, be.z_dim), _classes(be, s)) for be, s in zip(backends, seeds, strict=True)]
     out: list[list[float]] = [[] for _ in backends]
     for i in range(warmup + repeats):
-        for k, (be, z) in enumerate(zip(backends, zs, strict=True)):
+        for k, (be, (z, c)) in enumerate(zip(backends, feeds, strict=True)):
             t = time.perf_counter()
-            be.generate(z)  # returns host numpy: includes device sync and the uint8 conversion
+            be.generate(z, c)  # returns host numpy: includes device sync and the uint8 conversion
             if i >= warmup:
                 out[k].append(time.perf_counter() - t)
             if advance:
                 advance(1)
     return out
+
+
+def _classes(backend, seeds):
+    """The classes seeds get when none are named (conditional models), as serving gives them."""
+    return backend.default_classes(seeds) if getattr(backend, "num_classes", 0) else None
 
 
 def summarize(label: str, precision: str, batch: int, lat: list[float], flops: float | None,
@@ -216,13 +234,34 @@ def summarize(label: str, precision: str, batch: int, lat: list[float], flops: f
 
 
 def bench(cfg: BenchConfig, onnx: str | Path | None = None, notes: str = "", command: str | None = None,
-          progress: bool = True, peak_n: int = 0, peak_budget_s: float = PEAK_BUDGET_S) -> dict[str, Any]:
+          progress: bool = True, peak_n: int = 0, peak_budget_s: float = PEAK_BUDGET_S,
+          generator: GeneratorConfig | None = None) -> dict[str, Any]:
     """Measure, write ``cfg.out`` (default ``bench.json`` beside the source) plus a PNG, print a table.
 
     ``onnx``: an extra ONNX file to time with ONNX Runtime next to a generator directory;
     ``peak_n``: matmul size of the peak microbenchmark (0: 2048 on CPU, 8192 on CUDA);
-    ``peak_budget_s``: its wall-time bound per precision and engine.
+    ``peak_budget_s``: its wall-time bound per precision and engine;
+    ``generator``: with no ``cfg.source``, measure a randomly initialised generator of this config
+    (any ``arch``, conditional or not) with torch; ``cfg.out`` defaults to ``bench-<arch>-<res>px.json``.
     """
+    if generator is None:
+        return _bench(cfg, onnx, notes, command, progress, peak_n, peak_budget_s)
+    if cfg.source:
+        raise UserError("give a source or a synthetic generator config, not both")
+    import tempfile
+
+    torch.manual_seed(0)
+    G = build_generator(generator).eval()
+    out = cfg.out or f"bench-{generator.arch}-{generator.resolution}px.json"
+    with tempfile.TemporaryDirectory(prefix="projgan-bench-") as d:
+        artifacts.save_generator(Path(d) / "generator", G, {"synthetic": True})
+        cfg = dataclasses.replace(cfg, source=str(Path(d) / "generator"), out=out)
+        label = f"synthetic {generator.arch} ({generator.resolution} px, ngf {generator.ngf}, {generator.num_classes} classes)"
+        return _bench(cfg, onnx, notes, command, progress, peak_n, peak_budget_s, synthetic=label)
+
+
+def _bench(cfg: BenchConfig, onnx, notes: str, command: str | None, progress: bool, peak_n: int,
+           peak_budget_s: float, synthetic: str = "") -> dict[str, Any]:
     from rich.console import Console
 
     from projgan.serve.backends import load_backend
@@ -265,7 +304,8 @@ def bench(cfg: BenchConfig, onnx: str | Path | None = None, notes: str = "", com
                 lats = measure_interleaved([be for _, be in loaded], b, cfg.warmup, cfg.repeats, advance)
                 for (v, be), lat in zip(loaded, lats, strict=True):
                     row = summarize(v.label, be.precision, min(b, be.max_batch), lat, flops, peaks)
-                    row.update(backend=v.backend, device=be.device, providers=be.providers)
+                    row.update(backend=v.backend, device=be.device, providers=be.providers,
+                               arch=be.cfg.arch, num_classes=be.num_classes)
                     results.append(row)
     finally:
         for _, be in loaded:
@@ -275,8 +315,9 @@ def bench(cfg: BenchConfig, onnx: str | Path | None = None, notes: str = "", com
     result = {
         "command": command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "source": str(cfg.source),
-        "config": dataclasses.asdict(cfg),
+        "source": synthetic or str(cfg.source),
+        "synthetic": bool(synthetic),
+        "config": {**dataclasses.asdict(cfg), **({"source": ""} if synthetic else {})},
         "machine": {**hardware.machine(), "load_avg_1m_before": load_before},  # other processes sharing the cores
         "versions": hardware.versions(),
         "skipped_precisions": skipped,  # not measured here (neither peak nor backend), and why
@@ -325,6 +366,9 @@ def print_table(result: dict[str, Any], console, caption: str = "") -> None:
 
     m = result["machine"]
     title = f"{m['gpu'] or m['cpu']} ({m['cores']} cores)"
+    gen = result.get("generator") or {}
+    if gen.get("arch"):
+        title += f" · {gen['arch']}" + (f", {gen['num_classes']} classes" if gen.get("num_classes") else "")
     if result.get("gflop_per_image"):
         title += f" · {result['gflop_per_image']:.2f} GFLOP/image"
     table = Table(title=title, caption=caption)

@@ -24,7 +24,7 @@ from projgan.errors import UserError
 from projgan.evaluation import features as F
 from projgan.evaluation import fid as M
 from projgan.evaluation.reference import load_reference_images
-from projgan.generator import sample_latents
+from projgan.generator import classes_for_seeds, sample_latents
 from projgan.hardware import resolve_device, versions
 
 console = Console()
@@ -75,15 +75,16 @@ def _progress(enabled: bool = True):
 
 def evaluate(cfg: EvalConfig, extractor=None, cache_dir: str | Path | None = None,
              progress: bool = True, extractors: dict | None = None) -> list[dict[str, Any]]:
-    """Score ``cfg.source`` with ``cfg.metrics``; append the row to the JSONL file and return it.
+    """Score ``cfg.source`` with ``cfg.metrics``; append one row per target to the JSONL file and return them.
 
-    ``extractor``: the extractor behind fid/kid/pr/--nearest instead of ``cfg.extractor`` (tests
-    inject a tiny one); ``extractors``: ready extractors by name for fd_<name>/kd_<name>;
+    Targets: the whole dataset (a conditional model's seeds get ``classes_for_seeds``), or with
+    ``cfg.class_name`` one class against its folder, or with ``cfg.per_class`` every class and then
+    the whole. ``extractor``: the extractor behind fid/kid/pr/--nearest instead of ``cfg.extractor``
+    (tests inject a tiny one); ``extractors``: ready extractors by name for fd_<name>/kd_<name>;
     ``cache_dir``: reference statistics folder.
     """
     from projgan.serve.backends import load_backend
 
-    t0 = time.time()
     device = resolve_device(cfg.device)
     feature_metrics = tuple(m for m in cfg.metrics if m != "law")
     law = None
@@ -98,54 +99,110 @@ def evaluate(cfg: EvalConfig, extractor=None, cache_dir: str | Path | None = Non
     # A damaged source is refused first (reading it takes seconds at most), then missing extractor weights,
     # both before anything slow: offline without weights fails within a second.
     backend = load_backend(cfg.source, cfg.backend, cfg.device, cfg.precision)
-    values: dict[str, Any] = {}
-    reals, tracker, memo = np.zeros((0,)), None, None
+    rows = []
     try:
+        targets = _targets(cfg, backend)
         weights = {"inception": cfg.inception_weights, "dinov2": cfg.dinov2_weights,
                    "auto": cfg.dinov2_weights or cfg.inception_weights}
         extractor, named = M.load_metric_extractors(feature_metrics, extractor, weights, cfg.extractor, device,
                                                     need_selected=cfg.nearest > 0, ready=extractors)
-        batch = max(1, min(cfg.batch, backend.max_batch))
         if not backend.resolution:  # an ONNX file with a dynamic output shape: learn it from one image
-            backend.generate(sample_latents([0], backend.z_dim))
-
-        def generate(seeds: np.ndarray) -> np.ndarray:
-            return backend.generate(sample_latents(seeds, backend.z_dim))
-
-        with _progress(progress) as update:
-            if feature_metrics or cfg.nearest:
-                reals, skipped = load_reference_images(cfg.data, backend.resolution,
-                                                       progress=lambda n, total: update("decode reference", n, total))
-                console.print(f"{len(reals)} reference images at {backend.resolution} px from {cfg.data}"
-                              + (f" ({skipped} unreadable skipped)" if skipped else ""))
-                tracker = M.MetricTracker(feature_metrics, reals, cache_dir or default_cache_dir(), cfg.num_images,
-                                          extractor=extractor, device=device, batch=batch, extractors=named,
-                                          keep_images=cfg.nearest > 0)
-                values.update(tracker(generate, progress=update))
-            if cfg.nearest:
-                memo = _memorisation(tracker, reals, cfg.nearest, out.parent)
-            if law:
-                from projgan.evaluation.law_score import law_score
-
-                chunks = []
-                for ix in np.array_split(np.arange(cfg.num_images), max(1, -(-cfg.num_images // batch))):
-                    chunks.append(generate(ix))
-                    update("law score", len(ix), cfg.num_images)
-                s = law_score(np.concatenate(chunks), law)
-                values.update(law_valid=s["valid"], law_distance=s["param_distance"], law_spread=s["spread"],
-                              law_collapsed=s["collapsed"])
-                values["law_detail"] = {"law": law, "per_param": s["per_param"], "invalid": s["invalid_reasons"]}
-        desc = backend.describe()
+            _generate(backend, np.zeros(1, np.int64), None if not backend.num_classes else 0, cfg.truncation)
+        for label, data, cls in targets:
+            t0 = time.time()
+            with _progress(progress) as update:
+                values, tracker, reals, memo = _score(cfg, backend, data, cls, law, feature_metrics, extractor, named,
+                                                      cache_dir or default_cache_dir(), device, out, update)
+            rows.append(_row(cfg, backend.describe(), data, label, backend, values, tracker, reals, memo, t0))
     finally:
         backend.close()
+    for row in rows:
+        artifacts.append_jsonl(out, row)
+    print_rows(rows, f"appended to {out}")
+    return rows
+
+
+def _generate(backend, seeds: np.ndarray, cls: int | None, psi: float | None) -> np.ndarray:
+    """uint8 images of ``seeds``: class ``cls`` for all, or each seed's default class; ``psi`` truncation."""
+    z = sample_latents(seeds, backend.z_dim)
+    classes = None
+    if backend.num_classes:
+        classes = classes_for_seeds(seeds, backend.num_classes) if cls is None else np.full(len(seeds), cls)
+    return backend.generate(z, classes, psi)
+
+
+def _targets(cfg: EvalConfig, backend) -> list[tuple[str, str, int | None]]:
+    """(label, reference data, class index or None) per row: --class, --per-class, or the whole."""
+    names = tuple(getattr(backend, "class_names", ()) or ())
+    if cfg.truncation is not None and not getattr(backend, "truncation", False):
+        raise UserError("--truncation: this model has no truncation", "truncation is for --generator stylegan2 models")
+    if not (cfg.class_name or cfg.per_class):
+        return [("", cfg.data, None)]
+    if not names:
+        raise UserError("--class/--per-class: this model is not class-conditional", "drop the option")
+    if not Path(cfg.data).is_dir():
+        raise UserError(f"--class/--per-class: {cfg.data} must be a folder with one subfolder per class")
+
+    def index(name: str) -> int:
+        if name in names:
+            return names.index(name)
+        if name.isdigit() and int(name) < len(names):
+            return int(name)
+        raise UserError(f"--class {name!r}: unknown class", f"choose one of {', '.join(names)} (or 0..{len(names) - 1})")
+
+    wanted = [index(cfg.class_name)] if cfg.class_name else list(range(len(names)))
+    for k in wanted:
+        if not (Path(cfg.data) / names[k]).is_dir():
+            raise UserError(f"--data {cfg.data} has no folder {names[k]!r} for class {k}",
+                            "pass the folder the model was trained on (classes are its first-level subfolders)")
+    out = [(names[k], str(Path(cfg.data) / names[k]), k) for k in wanted]
+    return out + ([("all", cfg.data, None)] if cfg.per_class else [])
+
+
+def _score(cfg, backend, data, cls, law, feature_metrics, extractor, named, cache_dir, device, out, update):
+    """One target's numbers: every feature metric from one generation pass, the memorisation check, the law."""
+    values: dict[str, Any] = {}
+    reals, tracker, memo = np.zeros((0,)), None, None
+    batch = max(1, min(cfg.batch, backend.max_batch))
+
+    def generate(seeds: np.ndarray) -> np.ndarray:
+        return _generate(backend, seeds, cls, cfg.truncation)
+
+    if feature_metrics or cfg.nearest:
+        reals, skipped = load_reference_images(data, backend.resolution,
+                                               progress=lambda n, total: update("decode reference", n, total))
+        console.print(f"{len(reals)} reference images at {backend.resolution} px from {data}"
+                      + (f" ({skipped} unreadable skipped)" if skipped else ""))
+        tracker = M.MetricTracker(feature_metrics, reals, cache_dir, cfg.num_images, extractor=extractor,
+                                  device=device, batch=batch, extractors=named, keep_images=cfg.nearest > 0)
+        values.update(tracker(generate, progress=update))
+    if cfg.nearest:
+        memo = _memorisation(tracker, reals, cfg.nearest, out.parent)
+    if law:
+        from projgan.evaluation.law_score import law_score
+
+        chunks = []
+        for ix in np.array_split(np.arange(cfg.num_images), max(1, -(-cfg.num_images // batch))):
+            chunks.append(generate(ix))
+            update("law score", len(ix), cfg.num_images)
+        s = law_score(np.concatenate(chunks), law)
+        values.update(law_valid=s["valid"], law_distance=s["param_distance"], law_spread=s["spread"],
+                      law_collapsed=s["collapsed"])
+        values["law_detail"] = {"law": law, "per_param": s["per_param"], "invalid": s["invalid_reasons"]}
+    return values, tracker, reals, memo
+
+
+def _row(cfg, desc, data, label, backend, values, tracker, reals, memo, t0) -> dict[str, Any]:
     selected = F.describe(tracker.extractor) if tracker and tracker.extractor is not None else None
-    row = {
+    return {
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "source": str(cfg.source),
+        "source": str(cfg.source) + (f" [{label}]" if label else ""),
         "backend": desc["backend"],
         "precision": desc["precision"],
         "device": desc["device"],
-        "data": str(cfg.data),
+        "data": str(data),
+        **({"class": label} if label else {}),
+        **({"truncation": cfg.truncation} if cfg.truncation is not None else {}),
         **{k: (float(v) if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool) else v)
            for k, v in values.items()},
         "num_images": cfg.num_images,
@@ -161,9 +218,6 @@ def evaluate(cfg: EvalConfig, extractor=None, cache_dir: str | Path | None = Non
         "seconds": round(time.time() - t0, 2),
         "versions": versions(),
     }
-    artifacts.append_jsonl(out, row)
-    print_rows([row], f"appended to {out}")
-    return [row]
 
 
 def _memorisation(tracker, reals: np.ndarray, k: int, out_dir: Path) -> dict[str, Any]:

@@ -11,6 +11,10 @@ drift is divided by a noise floor: the FD between torch fp32 on seeds ``0..n-1``
 disjoint seeds ``n..2n-1``, i.e. what sampling alone moves an ``n``-image FD by. A ratio of 1 means
 the artifact's distribution is as far from fp32's as two draws of fp32 are from each other.
 
+Inputs are fed as the parity certificate feeds them: a conditional model's seeds get
+``classes_for_seeds`` (seed % K), and a style model runs at psi = 1 (``PSI``: the untruncated
+distribution, the one FID is quoted for; the per-seed certificate covers the truncated one).
+
 The extractor comes from ``projgan.evaluation`` (imported lazily: ``import projgan.export`` stays light).
 """
 
@@ -24,6 +28,7 @@ import numpy as np
 
 CUDA_IMAGES = 2048  # a few thousand where the generator runs on a GPU
 CPU_IMAGES = 256  # on a CPU a 256 px generator makes ~2-5 images/s: 3n images are minutes already
+PSI = 1.0  # style models: the drift is measured on the untruncated distribution
 
 
 def images_for(requested: int, device: str) -> int:
@@ -60,7 +65,9 @@ def _features(backend, seeds: np.ndarray, chunk: int, ref, advance=None) -> np.n
 
     out = []
     for i in range(0, len(seeds), chunk):
-        x = backend.generate_float(sample_latents(seeds[i : i + chunk], backend.z_dim))
+        part = seeds[i : i + chunk]
+        psi = PSI if backend.truncation else None
+        x = backend.generate_float(sample_latents(part, backend.z_dim), backend.default_classes(part), psi)
         images = to_uint8(np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0))  # NaN is parity's to report
         out.append(F.features(images, ref.extractor, ref.device, batch=chunk))
         if advance:
@@ -144,4 +151,8 @@ def measure(backend, ref: Reference, n: int, max_ratio: float, chunk: int, advan
         raise ValueError(f"drift on {n} images, but the reference holds {len(ref.a)} per seed set")
     feats = _features(backend, np.arange(n), chunk, ref, advance)
     info = ref.describe()
+    if backend.num_classes:
+        info["classes"] = "seed % num_classes"
+    if backend.truncation:
+        info["psi"] = PSI
     return {**info, **verdict(_fd(feats, ref.a[:n]), ref.floor(n), n, max_ratio, info["extractor"])}

@@ -7,8 +7,10 @@ a valid one once the exporter's stale ``value_info`` is dropped (otherwise its t
 contradict the converted graph and both the checker and ONNX Runtime reject it). Its default block
 list keeps ``Resize`` in fp32 (the scales input must stay float32).
 
-``keep_fp32=True`` also keeps the numerically fragile ends in fp32: the latent normalisation
-before the first convolution, and the last convolution with the output ``tanh``.
+``keep_fp32=True`` also keeps the numerically fragile ends in fp32: what the graph inputs pass through
+before the first convolution or matmul (the latent and class-embedding normalisation), and the last
+convolution with the output ``tanh``. Integer inputs (``class``) are left alone by the converter: the
+fp16 graph still takes int64 classes and float32 ``z``/``psi``.
 """
 
 from __future__ import annotations
@@ -17,16 +19,23 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from projgan.export.onnx import INPUT, OUTPUT, load_check
+from projgan.export.onnx import OUTPUT, load_check
 
 
 def fragile_nodes(model) -> list[str]:
-    """Names of the nodes that normalise ``z`` (up to the first conv) and that make the output."""
-    from_z, names = {INPUT}, []
+    """Names of the nodes that are functions of the graph inputs alone (z's and the class embedding's
+    normalisation, up to the first conv or matmul), and of those that make the output.
+
+    A node joins only if every input is a graph input, a constant or such a node's output: the first
+    node that also reads a layer's activations (a style model's w reaches every layer) ends the chain.
+    """
+    from_z, names = {i.name for i in model.graph.input}, []
+    const = {t.name for t in model.graph.initializer} | {""}
+    const.update(o for n in model.graph.node if not n.input for o in n.output)
     for node in model.graph.node:
-        if node.op_type in ("Conv", "ConvTranspose"):
+        if node.op_type in ("Conv", "ConvTranspose", "MatMul", "Gemm"):
             continue
-        if any(i in from_z for i in node.input):
+        if any(i in from_z for i in node.input) and all(i in from_z or i in const for i in node.input):
             names.append(node.name)
             from_z.update(node.output)
     producer = {o: n for n in model.graph.node for o in n.output}

@@ -21,9 +21,10 @@ from projgan import artifacts, hardware, similarity
 from projgan.config import ExportConfig
 from projgan.errors import UserError
 from projgan.export import onnx as onnx_export
+from projgan.generator import input_names
 
 MANIFEST_FORMAT = "projgan.export"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: arch, num_classes, class_names, truncation, the input signature, w_space
 
 
 @contextmanager
@@ -86,14 +87,26 @@ def _build(tmp: Path, src: Path, cfg: ExportConfig, console: Console, state: dic
         for name in (artifacts.CONFIG_JSON, artifacts.WEIGHTS):
             shutil.copy2(src / name, tmp / artifacts.GENERATOR_DIR / name)
             files.append(tmp / artifacts.GENERATOR_DIR / name)
-        note["text"] = f"({g.resolution} px, z_dim {g.z_dim}, ngf {g.ngf})"
+        classes = f", {g.num_classes} classes" if g.conditional else ""
+        note["text"] = f"({g.arch}, {g.resolution} px, z_dim {g.z_dim}, ngf {g.ngf}{classes})"
 
     with _step(console, f"ONNX fp32 -> {artifacts.ONNX_FP32}") as note:
         t0 = time.perf_counter()
         onnx_info = onnx_export.export_fp32(G, tmp / artifacts.ONNX_FP32, cfg.opset, max_batch=max(hi, 1024))
         onnx_info["export_seconds"] = round(time.perf_counter() - t0, 2)
         files.append(tmp / artifacts.ONNX_FP32)
-        note["text"] = f"(opset {cfg.opset}, {onnx_info['nodes']} nodes, checked, loads in ONNX Runtime)"
+        note["text"] = (
+            f"(opset {cfg.opset}, inputs {', '.join(onnx_info['inputs'])}, {onnx_info['nodes']} nodes, "
+            "checked, loads in ONNX Runtime)"
+        )
+    w_info = None
+    if g.truncation:
+        from projgan.serve.backends import W_FILES
+
+        with _step(console, f"ONNX w space -> {', '.join(W_FILES.values())}") as note:
+            w_info = onnx_export.export_w_space(G, tmp, cfg.opset, max_batch=max(hi, 1024))
+            files += [tmp / W_FILES[k] for k in ("mapping", "synthesis")]
+            note["text"] = "(z -> w and w -> image, fp32, for interpolation in w)"
     del G
 
     fp16_info = None
@@ -159,6 +172,7 @@ def _build(tmp: Path, src: Path, cfg: ExportConfig, console: Console, state: dic
                 g.z_dim,
                 (g.channels, g.resolution, g.resolution),
                 cfg.batch_sizes,
+                extra_inputs=input_names(g)[1:],
             )
             files += written
             triton_info = {
@@ -189,11 +203,13 @@ def _build(tmp: Path, src: Path, cfg: ExportConfig, console: Console, state: dic
             **({artifacts.TRT_PLAN: "fp16"} if trt_info["built"] else {}),
         },
         "onnx": onnx_info,
+        "w_space": w_info,
         "fp16": fp16_info,
         "tensorrt": trt_info,
         "triton": triton_info,
         "thresholds": t.as_dict(),
         "parity_seeds": cfg.parity_seeds,
+        "parity_inputs": [c.describe() for c in parity.combinations(g, range(cfg.parity_seeds))],
         "parity": results,
         "drift": parity.drift_summary(results),
         "versions": _versions(trt_info["built"]),
@@ -213,9 +229,11 @@ def _fp16_with_probe(tmp: Path, cfg: ExportConfig, fp16_export) -> dict[str, Any
     src, dst = tmp / artifacts.ONNX_FP32, tmp / artifacts.ONNX_FP16
     info = fp16_export.convert(src, dst)
     b32 = OnnxRuntimeBackend(src, "cpu", "fp32")
-    z = sample_latents(range(8), b32.z_dim)
-    ref = b32.generate_float(z)
-    out = OnnxRuntimeBackend(dst, "cpu", "fp16").generate_float(z)
+    seeds = range(8)
+    psi = [1.0, 0.7] * 4 if b32.truncation else None  # both truncations the certificate will judge
+    x = {"z": sample_latents(seeds, b32.z_dim), "classes": b32.default_classes(seeds), "psi": psi}
+    ref = b32.generate_float(**x)
+    out = OnnxRuntimeBackend(dst, "cpu", "fp16").generate_float(**x)
     ok, why = similarity.judge(similarity.compare(ref, out), True, similarity.Thresholds.of(cfg))
     info["probe"] = why
     if not ok:

@@ -2,7 +2,7 @@
 
 Written against NVIDIA's documented Python API, the same names in TensorRT 10 and 11:
 ``Builder.create_network``, ``OnnxParser.parse_from_file``, one optimization profile over the batch
-axis, a workspace memory-pool limit, a persisted timing cache, ``build_serialized_network``.
+axis (shared by ``z`` and, where the model has them, ``class`` and ``psi``), a workspace memory-pool limit, a persisted timing cache, ``build_serialized_network``.
 Precision comes from the ONNX itself: TensorRT 10.12 deprecated and 11 removed the FP16 builder
 flag, so the network is created strongly typed where the enum has that flag. ``tensorrt`` is
 imported inside ``build_engine`` only (it cannot be installed on our CI machines);
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from projgan import artifacts
+from projgan.serve.tensorrt import INPUT_DTYPES as GRAPH_INPUTS
 from projgan.serve.tensorrt import import_tensorrt, make_logger
 
 
@@ -55,6 +56,20 @@ def _save_timing_cache(config, path: Path | None) -> bool:
     return True
 
 
+def profile_shapes(inputs, profile: tuple[int, int, int]) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """(min, opt, max) shapes per network input: the batch axis from the profile, the rest as parsed.
+
+    Every input (z ``[batch, z_dim]``, class and psi ``[batch]``) shares the one batch axis, so one
+    profile covers them all; TensorRT requires a shape for each dynamic input.
+    """
+    lo, opt, hi = profile
+    out = {}
+    for t in inputs:
+        rest = tuple(int(d) for d in t.shape[1:])
+        out[t.name] = ((lo, *rest), (opt, *rest), (hi, *rest))
+    return out
+
+
 def _gpu() -> dict[str, str]:
     """The GPU the plan was built for: a plan runs only on the same GPU type and TensorRT version."""
     import torch
@@ -88,18 +103,19 @@ def build_engine(
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise RuntimeError(f"TensorRT could not parse {onnx_path}: " + "; ".join(errors[:3]))
-    if network.num_inputs != 1:
-        raise RuntimeError(f"{onnx_path} has {network.num_inputs} inputs; the generator graph has one (z)")
-    inp = network.get_input(0)
-    feature_shape = tuple(int(d) for d in inp.shape[1:])
+    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    names = [t.name for t in inputs]
+    if "z" not in names or not set(names) <= set(GRAPH_INPUTS):
+        raise RuntimeError(f"{onnx_path} has inputs {names}; a generator graph takes z (and class, psi)")
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     lo, opt, hi = profile
     shapes = builder.create_optimization_profile()
-    shapes.set_shape(inp.name, (lo, *feature_shape), (opt, *feature_shape), (hi, *feature_shape))
+    for name, dims in profile_shapes(inputs, profile).items():
+        shapes.set_shape(name, *dims)
     if config.add_optimization_profile(shapes) < 0:
-        raise RuntimeError(f"TensorRT rejected the batch profile {lo},{opt},{hi} for input {inp.name!r}")
+        raise RuntimeError(f"TensorRT rejected the batch profile {lo},{opt},{hi} for inputs {names}")
     cache_path = Path(timing_cache_path) if timing_cache_path else None
     cache_state = _attach_timing_cache(config, cache_path)
 
@@ -112,6 +128,7 @@ def build_engine(
         "version": trt.__version__,
         **_gpu(),
         "profile": {"min": lo, "opt": opt, "max": hi},
+        "inputs": names,
         "workspace_gib": workspace_gib,
         "network_flags": flag_names,
         "timing_cache": {"path": str(cache_path) if cache_path else None, "loaded": cache_state, "saved": saved},

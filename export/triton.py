@@ -3,6 +3,9 @@
 ``triton/<model>/config.pbtxt`` + ``triton/<model>/1/model.onnx`` (and a second model with
 ``1/model.plan`` where a TensorRT engine was built), with Triton's dynamic batcher configured from
 the export's batch profile. Dims exclude the batch axis: ``max_batch_size > 0`` makes it implicit.
+The per-image scalars of conditional and style models (``class`` int64, ``psi`` float32, each ``[batch]``
+in the graph) are declared as Triton's convention for batch-only tensors: ``dims: [1]`` with an empty
+``reshape``, so clients send ``[batch, 1]`` and the model sees ``[batch]``.
 
 Each config is built as Triton's own ``inference.ModelConfig`` protobuf message (``model_config_pb2``
 from ``tritonclient[grpc]``) and written with protobuf's ``text_format``, so a misspelt field or
@@ -20,6 +23,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from projgan.export.onnx import INPUT, OUTPUT
 
+SCALAR_INPUTS = {"class": mc.TYPE_INT64, "psi": mc.TYPE_FP32}  # one value per image
+
 ONNX_MODEL = "projgan_generator"
 TRT_MODEL = "projgan_generator_trt"
 HEADER = "# Triton model configuration (inference.ModelConfig, protobuf text format) written by pipeline export\n"
@@ -34,10 +39,17 @@ def model_config(
     preferred: list[int],
     max_queue_delay_us: int,
     gpu_only: bool = False,
+    extra_inputs: tuple[str, ...] = (),
 ) -> mc.ModelConfig:
-    """The ``ModelConfig`` of one model: float32 ``z`` in, float32 NCHW ``image`` out."""
+    """The ``ModelConfig`` of one model: float32 ``z`` (+ ``extra_inputs``: ``class``, ``psi``) in,
+    float32 NCHW ``image`` out."""
     cfg = mc.ModelConfig(name=name, platform=platform, max_batch_size=max_batch)
     cfg.input.add(name=INPUT, data_type=mc.TYPE_FP32, dims=[z_dim])
+    for extra in extra_inputs:
+        if extra not in SCALAR_INPUTS:
+            raise ValueError(f"unknown generator input {extra!r} (known: z, {', '.join(SCALAR_INPUTS)})")
+        inp = cfg.input.add(name=extra, data_type=SCALAR_INPUTS[extra], dims=[1])
+        inp.reshape.SetInParent()  # reshape { shape: [] }: [batch, 1] on the wire, [batch] in the graph
     cfg.output.add(name=OUTPUT, data_type=mc.TYPE_FP32, dims=list(image_shape))
     cfg.dynamic_batching.preferred_batch_size.extend(preferred)
     cfg.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
@@ -92,8 +104,10 @@ def write_repository(
     image_shape: tuple[int, int, int],
     batch_sizes: tuple[int, int, int],
     max_queue_delay_us: int = 5000,
+    extra_inputs: tuple[str, ...] = (),
 ) -> list[Path]:
-    """Write the repository under ``root``; returns the files written."""
+    """Write the repository under ``root``; returns the files written. ``extra_inputs``: the graph's
+    inputs after ``z`` (``input_names(cfg)[1:]``)."""
     root = Path(root)
     _, opt, hi = batch_sizes
     preferred = sorted({opt, hi})
@@ -102,7 +116,9 @@ def write_repository(
     if plan_path is not None:
         models.append((TRT_MODEL, "tensorrt_plan", plan_path, "model.plan", True))
     for name, platform, src, filename, gpu_only in models:
-        cfg = model_config(name, platform, hi, z_dim, image_shape, preferred, max_queue_delay_us, gpu_only)
+        cfg = model_config(
+            name, platform, hi, z_dim, image_shape, preferred, max_queue_delay_us, gpu_only, tuple(extra_inputs)
+        )
         path = root / name / "config.pbtxt"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(config_text(cfg))

@@ -11,6 +11,7 @@ All writes are atomic: temp file in the same folder, fsync, rename.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -26,7 +27,7 @@ from projgan.config import GeneratorConfig
 from projgan.errors import UserError
 
 GENERATOR_FORMAT = "projgan.generator"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: arch, classes and style fields in "generator" (version 1 reads as unconditional FastGAN)
 
 # File and folder names, in one place.
 CONFIG_JSON = "config.json"
@@ -151,12 +152,7 @@ def save_generator(dest: str | Path, G: torch.nn.Module, meta: dict[str, Any] | 
     config = {
         "format": GENERATOR_FORMAT,
         "format_version": FORMAT_VERSION,
-        "generator": {
-            "resolution": cfg.resolution,
-            "z_dim": cfg.z_dim,
-            "ngf": cfg.ngf,
-            "channels": cfg.channels,
-        },
+        "generator": dataclasses.asdict(cfg),
         "output": {"layout": "NCHW", "range": [-1.0, 1.0], "dtype": "float32"},
         "meta": {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(meta or {})},
     }
@@ -209,12 +205,12 @@ def load_generator(source: str | Path, device: str | torch.device = "cpu"):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from projgan.generator import Generator
+    from projgan.generator import build_generator
 
     d = resolve_generator_dir(source)
     config = read_generator_config(d)
     cfg = GeneratorConfig.from_dict(config.get("generator", {}))
-    G = Generator(cfg)
+    G = build_generator(cfg)
     try:
         state = load_file(str(d / WEIGHTS))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:

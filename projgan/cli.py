@@ -79,6 +79,9 @@ def train(
     batch: int = typer.Option(64, help="Total batch size (split across processes under torchrun)."),
     kimg: float = typer.Option(2000.0, help="Total training budget in thousands of real images."),
     ngf: int = typer.Option(128, help="Generator width (128 as in the paper, 64 for small GPUs)."),
+    generator: str = typer.Option("fastgan", help="fastgan | stylegan2 (mapping network, truncation)."),
+    cond: bool = typer.Option(False, "--cond", help="Class-conditional: classes are the first-level subfolders of --data."),
+    class_sampling: str = typer.Option("balanced", help="--cond: balanced (each class equally often) | natural."),
     backbone: str = typer.Option("tf_efficientnet_lite0", help="Any timm CNN with features_only support."),
     backbone_weights: str = typer.Option("pretrained", help="pretrained | none | PATH to a local state dict."),
     backbone_resolution: int = typer.Option(0, help="Backbone input size \\[default: 224 below 224 px].", show_default=False),
@@ -128,7 +131,9 @@ def train(
     cfg = TrainConfig(
         data=data,
         out=out or str(Path("runs") / Path(data.rstrip("/")).stem),
-        generator=GeneratorConfig(resolution=resolution, ngf=ngf),
+        generator=GeneratorConfig(resolution=resolution, ngf=ngf, arch=generator.strip().lower()),
+        cond=cond,
+        class_sampling=class_sampling.strip().lower(),
         batch=batch,
         kimg=kimg,
         backbone=backbone,
@@ -193,7 +198,7 @@ def _resume_defaults(ctx: typer.Context, cfg):
     return cfg.with_saved(saved, {_CLI_TO_CONFIG.get(n, n) for n in unset - {"data", "out"}})
 
 
-_CLI_TO_CONFIG = {"resolution": "generator.resolution", "ngf": "generator.ngf"}  # options named otherwise
+_CLI_TO_CONFIG = {"resolution": "generator.resolution", "ngf": "generator.ngf", "generator": "generator.arch"}  # options named otherwise
 
 
 @data_app.command(
@@ -376,6 +381,10 @@ def evaluate(
     nearest: int = typer.Option(
         0, help="Memorisation check: the K nearest training images of each sample (PNGs beside the JSONL); 0: off."
     ),
+    class_name: str = typer.Option("", "--class", help="Conditional models: one class (name or index) against its folder."),
+    per_class: bool = typer.Option(False, "--per-class", help="Conditional models: a row per class, then the whole."),
+    truncation: float = typer.Option(None, help="Style models: truncation psi for every image \\[default: none].",
+                                     show_default=False),
     out: str = typer.Option("", help="JSONL file to append results to."),
 ):
     """FID/KID, FD/KD on DINOv2, precision/recall and memorisation of a generator, ONNX file or engine."""
@@ -394,6 +403,9 @@ def evaluate(
         inception_weights=inception_weights,
         dinov2_weights=dinov2_weights,
         nearest=nearest,
+        class_name=class_name.strip(),
+        per_class=per_class,
+        truncation=truncation,
         out=out,
     )
     from projgan.evaluation.extractor_weights import preflight

@@ -19,6 +19,8 @@ DISCRIMINATORS = ("projected", "fastgan", "dcgan")
 OPTIMIZERS = ("adam", "rmsprop", "sgd", "nesterov")
 LR_SCHEDULES = ("constant", "step", "exponential", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+GENERATORS = ("fastgan", "stylegan2")
+CLASS_SAMPLING = ("balanced", "natural")
 EXTRACTORS = ("inception", "dinov2", "proxy")  # feature extractors of evaluation/features.py
 METRICS = ("fid", "kid", "pr", "law")  # plus fd_<extractor> and kd_<extractor>, e.g. fd_dinov2
 METRICS_HINT = ("use fid, kid, pr (precision/recall/density/coverage), fd_<extractor> or kd_<extractor> "
@@ -43,12 +45,23 @@ def check_metrics(metrics: tuple[str, ...]) -> None:
 
 @dataclass(frozen=True)
 class GeneratorConfig:
-    """Architecture of the FastGAN-lite generator: all that is needed to rebuild it."""
+    """Architecture of the generator: all that is needed to rebuild it.
+
+    ``arch``: ``fastgan`` (FastGAN-lite with skip-layer excitation) or ``stylegan2`` (mapping network,
+    modulated convolutions, truncation). ``num_classes`` > 0 makes it class-conditional; ``class_names``
+    (same length) are what users and the HTTP API call the classes. Artifacts written before these fields
+    existed read as the unconditional FastGAN they are.
+    """
 
     resolution: int = 256
     z_dim: int = 256
     ngf: int = 128  # 128 as in the Projected GAN code; 64 for small GPUs; 16-32 for CPU demos
     channels: int = 3
+    arch: str = "fastgan"
+    num_classes: int = 0  # 0: unconditional
+    class_names: tuple[str, ...] = ()
+    w_dim: int = 0  # stylegan2: width of w (0: z_dim)
+    mapping_layers: int = 2  # stylegan2: fully connected layers z -> w (2, as the paper's code for small data)
 
     def __post_init__(self):
         if self.resolution not in RESOLUTIONS:
@@ -58,11 +71,35 @@ class GeneratorConfig:
             )
         if self.ngf < 8 or self.z_dim < 1:
             raise UserError(f"ngf must be >= 8 and z_dim >= 1 (got ngf={self.ngf}, z_dim={self.z_dim})")
+        if self.arch not in GENERATORS:
+            raise UserError(f"unknown --generator {self.arch!r}", f"choose one of {', '.join(GENERATORS)}")
+        if self.num_classes < 0 or (self.class_names and len(self.class_names) != self.num_classes):
+            raise UserError(f"{len(self.class_names)} class names for num_classes={self.num_classes}")
+        if len(set(self.class_names)) != len(self.class_names):
+            raise UserError(f"class names must be distinct (got {list(self.class_names)})")
+        if self.w_dim < 0 or self.mapping_layers < 1:
+            raise UserError(f"w_dim must be >= 0 and mapping_layers >= 1 (got {self.w_dim}, {self.mapping_layers})")
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
+
+    @property
+    def truncation(self) -> bool:
+        """Whether the model takes a truncation psi (style models: w = w_avg + psi (w - w_avg))."""
+        return self.arch == "stylegan2"
+
+    def names(self) -> tuple[str, ...]:
+        """Class names, ``class0``... where none were recorded."""
+        return self.class_names or tuple(f"class{i}" for i in range(self.num_classes))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GeneratorConfig:
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        d = {k: v for k, v in d.items() if k in known}
+        if "class_names" in d:
+            d["class_names"] = tuple(d["class_names"])
+        return cls(**d)
 
 
 @dataclass
@@ -81,6 +118,8 @@ class TrainConfig:
     num_discs: int = 4
     discriminator: str = "projected"  # projected | fastgan | dcgan (baselines that see pixels)
     d_width: int = 64  # ndf of the fastgan / dcgan discriminators
+    cond: bool = False  # class-conditional: classes are the first-level subfolders of --data
+    class_sampling: str = "balanced"  # balanced (each class equally often) | natural (each image equally often)
     optimizer: str = "adam"  # adam | rmsprop | sgd | nesterov, for G and D
     lr: float = 2e-4
     g_lr: float = 0.0  # G's learning rate when it should differ from D's (two time-scale updates); 0: lr
@@ -120,7 +159,11 @@ class TrainConfig:
             raise UserError(f"unknown --projection {self.projection!r}", f"choose one of {', '.join(PROJECTIONS)}")
         if not 1 <= self.num_discs <= 4:
             raise UserError(f"--num-discs must be 1..4 (got {self.num_discs})")
+        if self.cond and self.discriminator == "fastgan":
+            raise UserError("--cond works with --discriminator projected or dcgan, not fastgan",
+                            "FastGAN's discriminator has no class projection here")
         for name, value, allowed in (("discriminator", self.discriminator, DISCRIMINATORS),
+                                     ("class-sampling", self.class_sampling, CLASS_SAMPLING),
                                      ("optimizer", self.optimizer, OPTIMIZERS),
                                      ("lr-schedule", self.lr_schedule, LR_SCHEDULES)):
             if value not in allowed:
@@ -143,6 +186,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def with_classes(self, names: tuple[str, ...]) -> TrainConfig:
+        """This config with a class-conditional generator over ``names``."""
+        gen = dataclasses.replace(self.generator, num_classes=len(names), class_names=tuple(names))
+        return dataclasses.replace(self, generator=gen)
 
     def with_saved(self, saved: dict[str, Any], keys: set[str]) -> TrainConfig:
         """This config with ``keys`` (``generator.x`` for generator fields) taken from a saved run's config."""
@@ -259,6 +307,9 @@ class EvalConfig:
     inception_weights: str = ""
     dinov2_weights: str = ""
     nearest: int = 0  # memorisation check: K nearest training images per sample (0: off)
+    class_name: str = ""  # conditional models: score one class (name or index) against its folder
+    per_class: bool = False  # conditional models: one row per class, then the whole
+    truncation: float | None = None  # style models: psi for every image (None: no truncation)
     out: str = ""  # JSONL file the rows are appended to; default: evaluation.jsonl beside the source
 
     def __post_init__(self):

@@ -1,8 +1,13 @@
 """FastGAN-lite generator with skip-layer excitation (SLE), as used by Projected GAN.
 
-Export-friendly by construction: one input ``z``, no random ops in ``forward``, BatchNorm uses
-running statistics in eval mode, and spectral norm (a training-time parametrization) can be
-removed so the saved artifact holds plain weights.
+Export-friendly by construction: inputs ``z`` (and ``class`` for a conditional model), no random ops
+in ``forward``, BatchNorm uses running statistics in eval mode, and spectral norm (a training-time
+parametrization) can be removed so the saved artifact holds plain weights.
+
+Every generator takes ``forward(z, c=None, psi=None)``: ``c`` int64 class indices ``[B]`` for a
+conditional model, ``psi`` float32 ``[B]`` truncation for a style model (``projgan/stylegan2.py``).
+``build_generator`` picks the architecture from the config; ``model_inputs`` is the one place that
+turns seeds' latents, classes and psi into the named inputs every backend feeds.
 
 Sizes follow the Projected GAN "lite" FastGAN: channels per resolution are ``ngf`` times
 {4: 16, 8: 8, 16: 4, 32: 2, 64: 2, 128: 1, 256: 1/2, 512: 1/4, 1024: 1/8}; SLE gates 64 by 4,
@@ -22,6 +27,7 @@ from projgan.config import GeneratorConfig
 
 CHANNEL_MULT = {4: 16, 8: 8, 16: 4, 32: 2, 64: 2, 128: 1, 256: 0.5, 512: 0.25, 1024: 0.125}
 SLE_SOURCES = {64: 4, 128: 8, 256: 16, 512: 32}  # output resolution -> low-resolution gate source
+CLASS_EMBED = 64  # width of the class embedding joined to z (a quarter of the usual z_dim: the init layer stays small)
 
 
 def channels(cfg: GeneratorConfig) -> dict[int, int]:
@@ -58,14 +64,22 @@ class SLE(nn.Module):
 
 
 class Generator(nn.Module):
-    """Maps ``z [B, z_dim]`` to images ``[B, 3, H, W]`` in [-1, 1]."""
+    """Maps ``z [B, z_dim]`` (and class indices ``c [B]`` when conditional) to images ``[B, 3, H, W]`` in [-1, 1].
+
+    A conditional model joins a learned class embedding (64 wide, normalised like z) to z, so the
+    first layer sees both; an unconditional one has exactly the parameters it always had.
+    """
 
     def __init__(self, cfg: GeneratorConfig, spectral: bool = False):
         super().__init__()
         self.cfg = cfg
         ch = channels(cfg)
+        cin = cfg.z_dim
+        if cfg.num_classes:
+            self.embed = nn.Embedding(cfg.num_classes, CLASS_EMBED)
+            cin += CLASS_EMBED
         # 1x1 latent -> 4x4 map; GLU halves the channels to ch[4].
-        self.init = nn.ConvTranspose2d(cfg.z_dim, ch[4] * 2, 4, 1, 0, bias=False)
+        self.init = nn.ConvTranspose2d(cin, ch[4] * 2, 4, 1, 0, bias=False)
         self.init_norm = nn.BatchNorm2d(ch[4] * 2)
         self.ups = nn.ModuleDict()
         res = 4
@@ -79,9 +93,13 @@ class Generator(nn.Module):
         if spectral:
             add_spectral_norm(self)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None, psi: torch.Tensor | None = None) -> torch.Tensor:
         # Project z onto the hypersphere (unit second moment), as FastGAN/Projected GAN do.
-        z = z * torch.rsqrt(z.square().mean(dim=1, keepdim=True) + 1e-8)
+        z = normalize_2nd_moment(z)
+        if self.cfg.num_classes:
+            if c is None:
+                raise ValueError("a class-conditional generator needs class indices c [B]")
+            z = torch.cat([z, normalize_2nd_moment(self.embed(c.long()))], dim=1)
         x = F.glu(self.init_norm(self.init(z[:, :, None, None])), dim=1)
         feats = {4: x}
         res = 4
@@ -92,6 +110,71 @@ class Generator(nn.Module):
                 x = self.sles[str(res)](feats[SLE_SOURCES[res]], x)
             feats[res] = x
         return torch.tanh(self.to_rgb(x))
+
+
+def normalize_2nd_moment(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + 1e-8)
+
+
+def build_generator(cfg: GeneratorConfig, spectral: bool = False) -> nn.Module:
+    """The generator ``cfg.arch`` names (``spectral``: FastGAN's training-time spectral norm; the style
+    generator uses equalized learning rates instead and ignores it)."""
+    if cfg.arch == "stylegan2":
+        from projgan.stylegan2 import StyleGenerator
+
+        return StyleGenerator(cfg)
+    return Generator(cfg, spectral=spectral)
+
+
+INPUT_NAMES = ("z", "class", "psi")  # the graph inputs, in this order, where the model has them
+
+
+def input_names(cfg: GeneratorConfig) -> tuple[str, ...]:
+    return ("z",) + (("class",) if cfg.conditional else ()) + (("psi",) if cfg.truncation else ())
+
+
+def classes_for_seeds(seeds, num_classes: int) -> np.ndarray:
+    """The class a seed gets when the caller names none: ``seed % num_classes`` (balanced over
+    consecutive seeds, and the same in every batch)."""
+    return (np.asarray([int(s) for s in seeds], dtype=np.int64) % max(num_classes, 1)).astype(np.int64)
+
+
+def model_inputs(cfg: GeneratorConfig, z: np.ndarray, classes=None, psi=None) -> dict[str, np.ndarray]:
+    """The named inputs of a batch: ``z`` float32 [B, z_dim]; ``class`` int64 [B] (required for a
+    conditional model, refused otherwise); ``psi`` float32 [B] (style models; default 1 = no truncation).
+    A scalar class or psi applies to the whole batch."""
+    z = np.ascontiguousarray(z, dtype=np.float32)
+    b = len(z)
+    out = {"z": z}
+    if cfg.conditional:
+        if classes is None:
+            raise ValueError("a class-conditional model needs a class per image (see classes_for_seeds)")
+        c = np.broadcast_to(np.asarray(classes, dtype=np.int64), (b,)).copy()
+        if c.size and (c.min() < 0 or c.max() >= cfg.num_classes):
+            raise ValueError(f"class indices must be in 0..{cfg.num_classes - 1} (got {sorted(set(c.tolist()))})")
+        out["class"] = c
+    elif classes is not None:
+        raise ValueError("this model is unconditional: it takes no class")
+    if cfg.truncation:
+        p = np.broadcast_to(np.asarray(1.0 if psi is None else psi, dtype=np.float32), (b,)).copy()
+        if not np.isfinite(p).all():
+            raise ValueError("psi must be finite")
+        out["psi"] = p
+    elif psi is not None and not np.all(np.asarray(psi) == 1.0):
+        raise ValueError("this model has no truncation (style models only)")
+    return out
+
+
+def run_torch(G: nn.Module, inputs: dict[str, np.ndarray] | dict[str, torch.Tensor], device=None) -> torch.Tensor:
+    """Call any generator with ``model_inputs``' dict: the one place names map to forward's arguments."""
+    def t(name):
+        v = inputs.get(name)
+        if v is None:
+            return None
+        v = torch.as_tensor(v)
+        return v.to(device) if device is not None else v
+
+    return G(t("z"), c=t("class"), psi=t("psi"))
 
 
 def add_spectral_norm(module: nn.Module) -> nn.Module:

@@ -3,11 +3,15 @@
 ``create_app(cfg, backend=None)`` builds the FastAPI app (the backend is loaded in the lifespan
 unless one is passed in, then warmed up for batch sizes 1 and ``max_batch`` on the backend
 thread while ``/readyz`` says 503). ``run(cfg)`` is what ``pipeline serve`` calls.
+
+Class-conditional and style models: ``class`` (index or name) and ``truncation`` (psi) ride along
+with the seeds as per-image columns through the batcher; a conditional request naming no class gives
+each seed class ``seed % K``. The OpenAPI schema is narrowed to the loaded model's classes and psi
+range on first use (``schemas.specialise_openapi``).
 """
 
 import asyncio
 import contextlib
-import hashlib
 import hmac
 import json
 import logging
@@ -15,27 +19,29 @@ import os
 import signal
 import socket
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 import numpy as np
 
 from projgan.config import ServeConfig
 from projgan.errors import UserError
-from projgan.generator import sample_latents, slerp
 from projgan.serve import images as enc
-from projgan.serve.batcher import Batcher, BatcherClosed, QueueFull
+from projgan.serve.batcher import BatcherClosed, QueueFull
 from projgan.serve.limits import BodyLimit
 from projgan.serve.schemas import (
+    CLASS_QUERY_DOC,
     MAX_SEED,
+    TRUNCATION_DOC,
+    TRUNCATION_RANGE,
     ErrorOut,
     GenerateResponse,
-    Limits,
     ModelCard,
     Status,
     request_models,
+    specialise_openapi,
 )
-from projgan.serve.telemetry import Metrics, RequestMetrics
+from projgan.serve.server import Server
+from projgan.serve.telemetry import RequestMetrics
 
 log = logging.getLogger("projgan.serve")
 
@@ -44,106 +50,6 @@ CACHE_CONTROL = "public, max-age=31536000, immutable"
 # Behind --api-key a shared cache must not hand an image to callers without the key: browsers only.
 CACHE_CONTROL_KEYED = "private, max-age=31536000, immutable"
 UI_BODY_LIMIT = 1 << 20  # Gradio's own JSON messages under /ui
-# Up to this many bytes of pixels (e.g. five 64 px images, ~0.2 ms of PNG work each) an encoder runs inline:
-# cheaper than two thread hops, which cost milliseconds on a busy machine.
-INLINE_BYTES = 1 << 16
-
-
-class Server:
-    """What every route shares: the backend, its batcher, metrics, the encoder pool, readiness."""
-
-    def __init__(self, cfg: ServeConfig):
-        self.cfg = cfg
-        self.metrics = Metrics()
-        self.backend = None
-        self.batcher: Batcher | None = None
-        self.ready = False
-        self.fingerprint = ""
-        self.workers = max(2, min(4, os.cpu_count() or 2))
-        self.pool: ThreadPoolExecutor | None = None
-        self.scratch = None  # the UI's temp files (projgan.serve.ui.Scratch)
-
-    async def start(self, backend) -> None:
-        self.backend = backend
-        self.batcher = Batcher(
-            backend.generate,
-            max_batch=min(self.cfg.max_batch, backend.max_batch),
-            max_delay_ms=self.cfg.max_delay_ms,
-            queue_size=self.cfg.queue_size,
-            stats=self.metrics,
-        )
-        await self.batcher.start()
-        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="projgan-encode")
-        desc = backend.describe()
-        self.fingerprint = hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        self.metrics.model.info({k: str(desc.get(k, "")) for k in ("backend", "device", "precision", "resolution")})
-
-    async def warm_up(self) -> None:
-        sizes = sorted({1, self.batcher.max_batch})
-        await self.batcher.run_in_worker(self.backend.warmup, sizes)
-        self.ready = True
-        self.metrics.ready.set(1)
-        log.info("warmed up for batch sizes %s; ready", sizes)
-
-    async def stop(self) -> None:
-        self.ready = False
-        self.metrics.ready.set(0)
-        if self.batcher is not None:
-            await self.batcher.stop()
-        if self.pool is not None:
-            self.pool.shutdown(wait=True)
-        if self.scratch is not None:
-            self.scratch.close()
-
-    # ---------------------------------------------------------------- work
-
-    async def generate(self, seeds: list[int]) -> np.ndarray:
-        return await self.batcher.submit(sample_latents(seeds, self.backend.z_dim))
-
-    async def interpolate(self, a: int, b: int, steps: int) -> np.ndarray:
-        za, zb = sample_latents([a, b], self.backend.z_dim)
-        return await self.batcher.submit(slerp(za, zb, np.linspace(0.0, 1.0, steps)))
-
-    async def encode(self, fn, *args, cost: int | None = None):
-        """Run an encoder on the pool; inline when ``cost`` (bytes of input) makes a thread hop the larger cost."""
-        if cost is not None and cost <= INLINE_BYTES:
-            return fn(*args)
-        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
-
-    async def pngs(self, images: np.ndarray) -> list[bytes]:
-        """Encode in parallel chunks on the pool, off the event loop, while the next batch runs."""
-        if images.nbytes <= INLINE_BYTES or len(images) == 1:
-            return await self.encode(_png_list, images, cost=images.nbytes)
-        bounds = np.array_split(np.arange(len(images)), min(len(images), self.workers))
-        parts = await asyncio.gather(*(self.encode(_png_list, images[ix[0] : ix[-1] + 1]) for ix in bounds))
-        return [p for part in parts for p in part]
-
-    def card(self) -> dict[str, Any]:
-        d = self.backend.describe()
-        meta = d.get("meta") or {}
-        return {
-            **{k: d.get(k) for k in ("resolution", "z_dim", "backend", "device", "precision")},
-            "providers": list(d.get("providers") or []),
-            "kimg": meta.get("kimg"),
-            "fid": meta.get("fid"),
-            "parity": d.get("parity"),
-            "source": os.path.basename(os.path.normpath(self.cfg.source)),  # no server paths in a public card
-            "max_batch": self.batcher.max_batch,
-            "max_delay_ms": self.cfg.max_delay_ms,
-            "limits": Limits(
-                max_images=self.cfg.max_images,
-                max_interpolation_steps=self.cfg.max_interpolation_steps,
-                max_body_bytes=self.cfg.max_body_bytes,
-                queue_size=self.cfg.queue_size,
-            ),
-            "meta": meta,
-        }
-
-
-def _png_list(images: np.ndarray) -> list[bytes]:
-    return [enc.png(im) for im in images]
-
-
 def _validation_message(errors: list[dict[str, Any]]) -> str:
     parts = []
     for e in errors[:5]:
@@ -154,7 +60,7 @@ def _validation_message(errors: list[dict[str, Any]]) -> str:
 
 def create_app(cfg: ServeConfig, backend=None):
     """The FastAPI app. Pass ``backend`` to serve an already loaded one (it is then not closed here)."""
-    from fastapi import Depends, FastAPI, HTTPException, Request, Security
+    from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
     from fastapi import Path as PathParam
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -198,6 +104,35 @@ def create_app(cfg: ServeConfig, backend=None):
         lifespan=lifespan,
     )
     app.state.server = server
+    generic_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema, narrowed to the loaded model's classes and psi (cached only once it is known)."""
+        if app.openapi_schema is None:
+            doc = generic_openapi()
+            if server.backend is None:
+                app.openapi_schema = None
+                return doc
+            app.openapi_schema = specialise_openapi(doc, server.facts)
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+    def refuse(loc: tuple, msg: str, value: Any, kind: str = "value_error"):
+        """A 422 in the same shape as the request models' own."""
+        raise RequestValidationError([{"type": kind, "loc": loc, "msg": msg, "input": value}])
+
+    def model_args(where: str, cls: int | str | None, psi: float | None) -> tuple[int | None, float | None]:
+        """The class index and psi a request asks for, checked against the loaded model."""
+        try:
+            index = server.facts.class_index(cls, url=where == "query")
+        except ValueError as e:
+            refuse((where, "class"), str(e), cls)
+        try:
+            return index, server.facts.truncation_psi(psi)
+        except ValueError as e:
+            refuse((where, "truncation"), str(e), psi)
+
     errors = {422: {"model": ErrorOut}, 503: {"model": ErrorOut, "description": "queue full (see Retry-After)"}}
 
     key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="required when the server has --api-key")
@@ -246,9 +181,13 @@ def create_app(cfg: ServeConfig, backend=None):
         summary="Generate images for seeds (png in JSON, zip or npy)",
     )
     async def generate(body: GenerateRequest):
+        cls, psi = model_args("body", body.class_, body.truncation)
         seeds = body.seed_list()
-        images = await server.generate(seeds)
+        classes = server.classes(seeds, cls)
+        images = await server.generate(seeds, cls, psi)
         seed_header = {"X-Seeds": ",".join(map(str, seeds))}
+        if classes is not None:
+            seed_header["X-Classes"] = ",".join(map(str, classes.tolist()))
         if body.format == "npy":
             data = await server.encode(enc.npy, images, cost=images.nbytes // 16)  # a copy, no compression
             headers = {"Content-Disposition": 'attachment; filename="images.npy"', **seed_header}
@@ -265,6 +204,9 @@ def create_app(cfg: ServeConfig, backend=None):
             "resolution": int(images.shape[1]),
             "images": [{"seed": s, "png": base64.b64encode(p).decode()} for s, p in zip(seeds, pngs, strict=True)],
         }
+        if classes is not None:
+            for im, c in zip(out["images"], classes.tolist(), strict=True):
+                im["class"] = c
         return Response(json.dumps(out), media_type="application/json")
 
     @app.get(
@@ -274,18 +216,32 @@ def create_app(cfg: ServeConfig, backend=None):
         responses={**errors, 200: {"content": {"image/png": {}}}, 304: {"description": "not modified (ETag)"}},
         summary="One image, cacheable",
     )
-    async def image(request: Request, seed: Annotated[int, PathParam(ge=0, le=MAX_SEED)]):
+    async def image(
+        request: Request,
+        seed: Annotated[int, PathParam(ge=0, le=MAX_SEED)],
+        cls: Annotated[str | None, Query(alias="class", description=CLASS_QUERY_DOC)] = None,
+        truncation: Annotated[
+            float | None, Query(ge=TRUNCATION_RANGE[0], le=TRUNCATION_RANGE[1], description=TRUNCATION_DOC)
+        ] = None,
+    ):
         if not str(request.path_params.get("seed", "")).isdigit():  # "+0.0" or "1e3": not an integer in a URL
-            raise RequestValidationError([{"type": "int_parsing", "loc": ("path", "seed"),
-                                           "msg": "seed must be written as a decimal integer", "input": seed}])
-        etag = f'"{server.fingerprint}-{seed}"'
+            refuse(("path", "seed"), "seed must be written as a decimal integer", seed, kind="int_parsing")
+        index, psi = model_args("query", cls, truncation)
+        # The ETag names everything the bytes depend on: model, seed, the class it gets, psi.
+        classes = server.classes([seed], index)
+        tag = [server.fingerprint, str(seed)]
+        if classes is not None:
+            tag.append(f"c{int(classes[0])}")
+        if psi is not None and psi != 1:
+            tag.append(f"t{np.float32(psi).item()!r}")
+        etag = '"' + "-".join(tag) + '"'
         headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
         if cfg.api_key:
             headers.update({"Cache-Control": CACHE_CONTROL_KEYED, "Vary": "X-API-Key"})
         match = request.headers.get("if-none-match", "")
         if match and (match.strip() == "*" or etag in [t.strip().removeprefix("W/") for t in match.split(",")]):
             return Response(status_code=304, headers=headers)
-        images = await server.generate([seed])
+        images = await server.generate([seed], index, psi)
         data = await server.encode(enc.png, images[0], cost=images[0].nbytes)
         return Response(data, media_type="image/png", headers=headers)
 
@@ -294,10 +250,11 @@ def create_app(cfg: ServeConfig, backend=None):
         dependencies=guarded,
         response_class=Response,
         responses={**errors, 200: {"content": {"image/gif": {}, "application/zip": {}}}},
-        summary="Slerp between two seeds' latents: animated GIF or zip of frames",
+        summary="Interpolate between two seeds (in w for style models, else slerp in z): GIF or zip of frames",
     )
     async def interpolate(body: InterpolateRequest):
-        frames = await server.interpolate(body.from_, body.to, body.steps)
+        cls, psi = model_args("body", body.class_, body.truncation)
+        frames = await server.interpolate(body.from_, body.to, body.steps, cls, psi)
         headers = {"X-Frames": str(len(frames))}
         if body.format == "gif":
             data = await server.encode(enc.gif, frames, body.duration_ms)

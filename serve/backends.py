@@ -1,12 +1,17 @@
 """The one home for running a generator: torch, ONNX Runtime, TensorRT behind one interface.
 
-``Backend.generate(z: float32[B, z_dim]) -> uint8[B, H, W, 3]`` is what the server calls;
-``Backend.generate_float`` returns the raw ``[-1, 1]`` NCHW output the export parity check
-compares. Serving and parity run this same code, so a certificate speaks for what is served.
+``Backend.generate(z, classes=None, psi=None) -> uint8[B, H, W, 3]`` is what the server calls;
+``Backend.generate_float`` returns the raw ``[-1, 1]`` NCHW output the export parity check compares.
+``classes`` (int64 ``[B]``, conditional models) and ``psi`` (float32 ``[B]``, style models) are
+validated by ``projgan.generator.model_inputs``, the one place inputs are checked (ValueError).
+Style models can also ``map_w`` (z -> w) and ``synthesize_w`` (w -> image) where ``supports_w``:
+torch always, ONNX Runtime when the export holds the certified w-space graphs.
+Serving and parity run this same code, so a certificate speaks for what is served.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -16,21 +21,65 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from projgan import artifacts
+from projgan.config import RESOLUTIONS, GeneratorConfig
 from projgan.errors import UserError
-from projgan.generator import sample_latents, to_uint8
+from projgan.generator import classes_for_seeds, input_names, model_inputs, run_torch, sample_latents, to_uint8
 from projgan.hardware import cpu_has_fast_bf16, resolve_device
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 SELF_CHECK_SEEDS = 4  # seeds a reduced-precision torch backend must pass at load
+SELF_CHECK_PSI = (1.0, 0.7)  # style models: the self-check alternates these truncations
+W_FILES = {"mapping": "generator.mapping.onnx", "synthesis": "generator.synthesis.onnx"}  # style exports
+W_PARITY_KEY = "onnxruntime-w"  # the certificate's entry for the w-space graphs
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 log = logging.getLogger("projgan.serve")
 
 
+class WMapping(nn.Module):
+    """A style generator's ``mapping`` as ``(z, c, psi) -> w [B, w_dim]`` (every layer gets the same w)."""
+
+    def __init__(self, G: nn.Module):
+        super().__init__()
+        self.G = G
+
+    def forward(self, z, c=None, psi=None):
+        return self.G.mapping(z, c=c, psi=psi)[:, 0]
+
+
+class WSynthesis(nn.Module):
+    """A style generator's ``synthesis`` from one w per image, broadcast to its ``num_ws`` layers."""
+
+    def __init__(self, G: nn.Module):
+        super().__init__()
+        self.G = G
+
+    def forward(self, w):
+        return self.G.synthesis(w.unsqueeze(1).expand(-1, self.G.num_ws, -1))
+
+
+def check_inputs(cfg: GeneratorConfig, names) -> None:
+    """A graph's or engine's input names must be the ones the model's config implies."""
+    want = input_names(cfg)
+    if set(names) != set(want):
+        raise UserError(
+            f"the model takes inputs {list(names)}, but its config ({cfg.arch}, {cfg.num_classes} classes) "
+            f"implies {list(want)}",
+            "re-run pipeline export",
+        )
+
+
+def plain_config(z_dim: int, resolution: int = 0) -> GeneratorConfig:
+    """What a graph with only ``z`` and no config (an export older than classes) is: unconditional FastGAN."""
+    return GeneratorConfig(resolution=resolution if resolution in RESOLUTIONS else 256, z_dim=z_dim)
+
+
 @dataclass
 class Backend:
-    """Base: subclasses implement ``_run(z) -> float32 NCHW`` (numpy or torch)."""
+    """Base: subclasses implement ``_run(inputs) -> float32 NCHW`` (numpy or torch) for the named
+    inputs of ``model_inputs``; style-capable ones also ``_map_w(inputs)`` and ``_synthesize(w)``."""
 
     name: str
     device: str
@@ -40,22 +89,78 @@ class Backend:
     providers: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)  # model card extras (kimg, fid, parity, files)
     max_batch: int = 1024  # largest batch the backend accepts (TensorRT: the profile's max)
+    cfg: GeneratorConfig | None = None  # what the inputs are (classes, truncation); None: z only
+    supports_w: bool = False  # can map z -> w and synthesise from w
 
-    def _run(self, z: np.ndarray):
+    def __post_init__(self):
+        if self.cfg is None:
+            self.cfg = plain_config(self.z_dim, self.resolution)
+
+    @property
+    def num_classes(self) -> int:
+        return self.cfg.num_classes
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.cfg.names()
+
+    @property
+    def truncation(self) -> bool:
+        return self.cfg.truncation
+
+    @property
+    def w_dim(self) -> int:
+        return (self.cfg.w_dim or self.cfg.z_dim) if self.cfg.truncation else 0
+
+    def default_classes(self, seeds) -> np.ndarray | None:
+        """The classes seeds get when the caller names none (``classes_for_seeds``); None if unconditional."""
+        return classes_for_seeds(seeds, self.num_classes) if self.cfg.conditional else None
+
+    def inputs(self, z: np.ndarray, classes=None, psi=None) -> dict[str, np.ndarray]:
+        feeds = model_inputs(self.cfg, z, classes, psi)
+        if feeds["z"].ndim != 2 or feeds["z"].shape[1] != self.z_dim:
+            raise ValueError(f"z must be [B, {self.z_dim}], got {list(feeds['z'].shape)}")
+        return feeds
+
+    def _run(self, inputs: dict[str, np.ndarray]):
         raise NotImplementedError
 
-    def generate_float(self, z: np.ndarray) -> np.ndarray:
-        out = self._run(np.ascontiguousarray(z, dtype=np.float32))
-        if isinstance(out, torch.Tensor):
-            out = out.float().cpu().numpy()
-        return np.asarray(out, dtype=np.float32)
+    def generate_float(self, z: np.ndarray, classes=None, psi=None) -> np.ndarray:
+        return _numpy(self._run(self.inputs(z, classes, psi)))
 
-    def generate(self, z: np.ndarray) -> np.ndarray:
-        return to_uint8(self._run(np.ascontiguousarray(z, dtype=np.float32)))
+    def generate(self, z: np.ndarray, classes=None, psi=None) -> np.ndarray:
+        return to_uint8(self._run(self.inputs(z, classes, psi)))
+
+    def _need_w(self) -> None:
+        if not self.supports_w:
+            raise NotImplementedError(f"{self.name} ({self.cfg.arch}) cannot map to or synthesise from w here")
+
+    def map_w(self, z: np.ndarray, classes=None, psi=None) -> np.ndarray:
+        """z (and class, psi) -> w ``float32 [B, w_dim]``, truncation applied."""
+        self._need_w()
+        return _numpy(self._map_w(self.inputs(z, classes, psi)))
+
+    def synthesize_w_float(self, w: np.ndarray) -> np.ndarray:
+        self._need_w()
+        w = np.ascontiguousarray(w, dtype=np.float32)
+        if w.ndim != 2 or w.shape[1] != self.w_dim:
+            raise ValueError(f"w must be [B, {self.w_dim}], got {list(w.shape)}")
+        return _numpy(self._synthesize(w))
+
+    def synthesize_w(self, w: np.ndarray) -> np.ndarray:
+        """w ``float32 [B, w_dim]`` -> uint8 ``[B, H, W, 3]``: interpolation frames in w space."""
+        return to_uint8(self.synthesize_w_float(w))
+
+    def _map_w(self, inputs: dict[str, np.ndarray]):
+        raise NotImplementedError
+
+    def _synthesize(self, w: np.ndarray):
+        raise NotImplementedError
 
     def warmup(self, batch_sizes=(1,)) -> None:
         for b in batch_sizes:
-            self.generate(sample_latents(range(min(b, self.max_batch)), self.z_dim))
+            seeds = range(min(b, self.max_batch))
+            self.generate(sample_latents(seeds, self.z_dim), self.default_classes(seeds))
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -65,11 +170,22 @@ class Backend:
             "providers": self.providers,
             "resolution": self.resolution,
             "z_dim": self.z_dim,
+            "arch": self.cfg.arch,
+            "num_classes": self.num_classes,
+            "class_names": list(self.class_names),
+            "truncation": self.truncation,
+            "supports_w": self.supports_w,
             **self.info,
         }
 
     def close(self) -> None:
         pass
+
+
+def _numpy(out) -> np.ndarray:
+    if isinstance(out, torch.Tensor):
+        out = out.float().cpu().numpy()
+    return np.asarray(out, dtype=np.float32)
 
 
 class TorchBackend(Backend):
@@ -100,13 +216,21 @@ class TorchBackend(Backend):
                 precision = "bf16" if cpu_has_fast_bf16() else "fp32"
         if precision not in _DTYPES:
             raise UserError(f"unknown precision {precision!r}", "choose auto, fp32, bf16 or fp16")
-        super().__init__("torch", device, precision, cfg.resolution, cfg.z_dim)
+        style = hasattr(G, "mapping") and hasattr(G, "synthesis")
+        super().__init__("torch", device, precision, cfg.resolution, cfg.z_dim, cfg=cfg, supports_w=style)
         self.G = G.to(device).eval().requires_grad_(False).to(memory_format=torch.channels_last)
+        self._mapping, self._synthesis = (WMapping(self.G), WSynthesis(self.G)) if style else (None, None)
         self.dtype = _DTYPES[precision]
         self.info = {"meta": config.get("meta", {})}
         self._lock = threading.Lock()  # BatchNorm modules are not re-entrant across threads
         if auto and self.dtype is not None:
             self._check_reduced_precision(parity)
+
+    def self_check_inputs(self) -> dict[str, Any]:
+        """The load-time check's seeds, with their default classes and both truncations of a style model."""
+        seeds = range(SELF_CHECK_SEEDS)
+        psi = [SELF_CHECK_PSI[i % len(SELF_CHECK_PSI)] for i in seeds] if self.truncation else None
+        return {"z": sample_latents(seeds, self.z_dim), "classes": self.default_classes(seeds), "psi": psi}
 
     def _check_reduced_precision(self, parity: dict[str, Any] | None) -> None:
         from projgan import similarity as metrics
@@ -114,10 +238,10 @@ class TorchBackend(Backend):
         if parity is not None and not parity.get("passed", False):
             ok, why = False, f"the export's certificate failed it: {parity.get('reason', '')}"
         else:
-            z = sample_latents(range(SELF_CHECK_SEEDS), self.z_dim)
-            out = self.generate_float(z)
+            x = self.self_check_inputs()
+            out = self.generate_float(**x)
             dtype, self.dtype = self.dtype, None
-            ref = self.generate_float(z)
+            ref = self.generate_float(**x)
             self.dtype = dtype
             m = metrics.compare(ref, out)
             ok, why = metrics.judge(m, reduced=True, t=self.self_check_thresholds)
@@ -127,77 +251,183 @@ class TorchBackend(Backend):
             log.warning("torch %s failed its parity self-check (%s); serving fp32", self.precision, why)
             self.precision, self.dtype = "fp32", None
 
-    def _run(self, z: np.ndarray) -> torch.Tensor:
+    def _autocast(self):
+        return contextlib.nullcontext() if self.dtype is None else torch.autocast(self.device, dtype=self.dtype)
+
+    def _call(self, fn, inputs: dict[str, np.ndarray]) -> torch.Tensor:
+        """``fn(tensors)`` under the lock and inference mode (``fn`` applies ``_autocast``); float32 out."""
         with self._lock, torch.inference_mode():
-            n = len(z)
+            n = len(next(iter(inputs.values())))
             # oneDNN takes a different fp32 conv path for a batch of one (pixels differ by 1/255
             # from the same seed in a larger batch); padding to two keeps a seed's bytes the same
             # in every batch composition.
             if self.device == "cpu" and self.dtype is None and n == 1:
-                z = np.concatenate([z, z])
-            zt = torch.from_numpy(z).to(self.device, non_blocking=True)
-            if self.dtype is None:
-                return self.G(zt).float()[:n]
-            with torch.autocast(self.device, dtype=self.dtype):
-                return self.G(zt).float()[:n]
+                inputs = {k: np.concatenate([v, v]) for k, v in inputs.items()}
+            t = {k: torch.from_numpy(v).to(self.device, non_blocking=True) for k, v in inputs.items()}
+            return fn(t).float()[:n]
+
+    def _w(self, t: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A style model's w in fp32 whatever the precision: the mapping is a few small matmuls, and
+        truncation mixes it with the fp32 ``w_avg``."""
+        return run_torch(self._mapping, t)
+
+    def _image(self, w: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            return self._synthesis(w)
+
+    def _run(self, inputs: dict[str, np.ndarray]) -> torch.Tensor:
+        if self.supports_w:
+            return self._call(lambda t: self._image(self._w(t)), inputs)
+
+        def full(t):
+            with self._autocast():
+                return run_torch(self.G, t)
+
+        return self._call(full, inputs)
+
+    def _map_w(self, inputs: dict[str, np.ndarray]) -> torch.Tensor:
+        return self._call(self._w, inputs)
+
+    def _synthesize(self, w: np.ndarray) -> torch.Tensor:
+        return self._call(lambda t: self._image(t["w"]), {"w": w})
+
+
+def _ort_session(path: Path, device: str, precision: str):
+    """An ONNX Runtime session with providers chosen from what the machine really has."""
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise UserError(f"onnxruntime is not installed ({e})", "pip install onnxruntime-gpu") from None
+    available = ort.get_available_providers()
+    # Only ask for CUDA where torch sees a GPU: asking on a CPU-only machine prints long errors.
+    if device == "cuda" and "CUDAExecutionProvider" in available:
+        # fp32 means fp32: TF32 convolutions would miss the certificate's 1e-4 tolerance.
+        cuda_opts = {"use_tf32": "0"} if precision == "fp32" else {}
+        providers = [("CUDAExecutionProvider", cuda_opts), "CPUExecutionProvider"]
+    elif device == "cuda":
+        raise UserError("ONNX Runtime has no CUDA provider here", "pip install onnxruntime-gpu, or use --device cpu")
+    else:
+        providers = ["CPUExecutionProvider"]
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    except Exception as e:
+        raise UserError(f"cannot load {path}: {str(e).splitlines()[0]}", "re-run pipeline export") from None
+
+
+def graph_config(session) -> GeneratorConfig:
+    """The GeneratorConfig an exported graph records in its metadata, checked against its inputs.
+
+    A graph with only ``z`` and no usable record (an export older than classes) is unconditional FastGAN.
+    """
+    names = [i.name for i in session.get_inputs()]
+    meta = session.get_modelmeta().custom_metadata_map
+    z = next((i for i in session.get_inputs() if i.name == "z"), None)
+    if z is None or len(z.shape) != 2 or not isinstance(z.shape[1], int):
+        raise UserError(f"the graph's inputs {names} have no z [batch, z_dim]", "export it with pipeline export")
+    try:
+        cfg = GeneratorConfig.from_dict(json.loads(meta["generator"])) if "generator" in meta else None
+    except (UserError, TypeError, ValueError):
+        cfg = None
+    if cfg is None:
+        out = session.get_outputs()[0].shape[-1]
+        cfg = plain_config(int(z.shape[1]), out if isinstance(out, int) else 0)
+    if cfg.z_dim != z.shape[1]:
+        raise UserError(f"the graph's z is [batch, {z.shape[1]}] but its metadata says z_dim {cfg.z_dim}")
+    check_inputs(cfg, names)
+    return cfg
+
+
+def _check_w_graphs(cfg: GeneratorConfig, mapping, synthesis, paths) -> None:
+    """The w-space pair must be what export writes: the model's inputs -> w, and w -> image."""
+    m_in, m_out = [i.name for i in mapping.get_inputs()], [o.name for o in mapping.get_outputs()]
+    s_in = [i.name for i in synthesis.get_inputs()]
+    if set(m_in) != set(input_names(cfg)) or m_out != ["w"] or s_in != ["w"]:
+        raise UserError(
+            f"{paths[0]} and {paths[1]} are not this model's w-space graphs "
+            f"(mapping {m_in} -> {m_out}, synthesis {s_in})",
+            "re-run pipeline export",
+        )
 
 
 class OnnxRuntimeBackend(Backend):
-    """ONNX Runtime with providers chosen from what the machine really has; IOBinding on CUDA."""
+    """ONNX Runtime with providers chosen from what the machine really has; IOBinding on CUDA.
 
-    def __init__(self, onnx_path: Path, device: str, precision: str, info: dict[str, Any] | None = None):
-        try:
-            import onnxruntime as ort
-        except ImportError as e:
-            raise UserError(f"onnxruntime is not installed ({e})", "pip install onnxruntime-gpu") from None
-        available = ort.get_available_providers()
-        # Only ask for CUDA where torch sees a GPU: asking on a CPU-only machine prints long errors.
-        if device == "cuda" and "CUDAExecutionProvider" in available:
-            # fp32 means fp32: TF32 convolutions would miss the certificate's 1e-4 tolerance.
-            cuda_opts = {"use_tf32": "0"} if precision == "fp32" else {}
-            providers = [("CUDAExecutionProvider", cuda_opts), "CPUExecutionProvider"]
-        elif device == "cuda":
-            raise UserError(
-                "ONNX Runtime has no CUDA provider here", "pip install onnxruntime-gpu, or use --device cpu"
-            )
-        else:
-            providers = ["CPUExecutionProvider"]
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=providers)
-        except Exception as e:
-            raise UserError(f"cannot load {onnx_path}: {str(e).splitlines()[0]}", "re-run pipeline export") from None
-        inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
-        self.input_name, self.output_name = inp.name, out.name
-        z_dim = int(inp.shape[1])
+    ``w_graphs`` (mapping, synthesis): a style export's certified w-space graphs, for ``map_w``/``synthesize_w``.
+    """
+
+    def __init__(
+        self,
+        onnx_path: Path,
+        device: str,
+        precision: str,
+        info: dict[str, Any] | None = None,
+        w_graphs: tuple[Path, Path] | None = None,
+    ):
+        self.session = _ort_session(Path(onnx_path), device, precision)
+        cfg = graph_config(self.session)
+        out = self.session.get_outputs()[0]
+        self.output_name = out.name
+        self.input_name = "z"
         resolution = int(out.shape[-1]) if isinstance(out.shape[-1], int) else 0
-        super().__init__("onnxruntime", device, precision, resolution, z_dim, self.session.get_providers())
+        super().__init__(
+            "onnxruntime", device, precision, resolution, cfg.z_dim, self.session.get_providers(), cfg=cfg
+        )
         self.info = dict(info or {})
         self.info["file"] = str(onnx_path)
+        self.w_sessions = None
+        if w_graphs is not None:
+            if not cfg.truncation:
+                raise UserError(f"{onnx_path} is not a style model: it has no w space")
+            self.w_sessions = tuple(_ort_session(Path(p), device, "fp32") for p in w_graphs)
+            _check_w_graphs(cfg, *self.w_sessions, w_graphs)
+            self.supports_w = True
+            self.info["w_files"] = [str(p) for p in w_graphs]
 
-    def _run(self, z: np.ndarray) -> np.ndarray:
-        if self.device == "cuda":
-            binding = self.session.io_binding()
-            binding.bind_cpu_input(self.input_name, z)
-            binding.bind_output(self.output_name, "cuda")
-            self.session.run_with_iobinding(binding)
-            out = binding.copy_outputs_to_cpu()[0]
-        else:
-            out = self.session.run([self.output_name], {self.input_name: z})[0]
+    def _session_run(self, session, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        output = session.get_outputs()[0].name
+        if self.device != "cuda":
+            return session.run([output], feeds)[0]
+        binding = session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        binding.bind_output(output, "cuda")
+        session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    def _run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        out = self._session_run(self.session, inputs)
         if not self.resolution:
             self.resolution = int(out.shape[-1])
         return out
 
+    def _map_w(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return self._session_run(self.w_sessions[0], inputs)
+
+    def _synthesize(self, w: np.ndarray) -> np.ndarray:
+        return self._session_run(self.w_sessions[1], {"w": w})
+
 
 class TensorRTBackend(Backend):
-    """A serialized TensorRT plan, run by ``projgan.serve.tensorrt`` (built by ``projgan.export.tensorrt_build``)."""
+    """A serialized TensorRT plan, run by ``projgan.serve.tensorrt`` (built by ``projgan.export.tensorrt_build``).
 
-    def __init__(self, plan_path: Path, info: dict[str, Any] | None = None):
+    ``cfg``: the export's generator config (from its manifest); a plan with more inputs than ``z`` needs it.
+    """
+
+    def __init__(self, plan_path: Path, info: dict[str, Any] | None = None, cfg: GeneratorConfig | None = None):
         from projgan.serve import tensorrt as trt_runtime
 
         self.runner = trt_runtime.EngineRunner(plan_path)
+        if cfg is None:
+            if self.runner.input_names != ("z",):
+                raise UserError(
+                    f"{plan_path} takes {list(self.runner.input_names)}: serve its export directory",
+                    "the manifest there says what the classes are",
+                )
+            cfg = plain_config(self.runner.z_dim, self.runner.resolution)
+        check_inputs(cfg, self.runner.input_names)
         super().__init__(
             "tensorrt",
             "cuda",
@@ -207,10 +437,11 @@ class TensorRTBackend(Backend):
             ["TensorRT"],
             dict(info or {}, file=str(plan_path)),
             max_batch=self.runner.max_batch,
+            cfg=cfg,
         )
 
-    def _run(self, z: np.ndarray) -> np.ndarray:
-        return self.runner.run(z)
+    def _run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.runner.run(inputs)
 
 
 # ---------------------------------------------------------------- choosing and loading
@@ -219,6 +450,13 @@ class TensorRTBackend(Backend):
 def _parity_ok(manifest: dict[str, Any], key: str) -> bool | None:
     entry = manifest.get("parity", {}).get(key)
     return None if entry is None else bool(entry.get("passed"))
+
+
+def _manifest_config(manifest: dict[str, Any] | None) -> GeneratorConfig | None:
+    """The export's generator config (old manifests without the new fields read as unconditional FastGAN)."""
+    if not manifest or not manifest.get("generator"):
+        return None
+    return GeneratorConfig.from_dict(manifest["generator"])
 
 
 def load_backend(
@@ -246,7 +484,9 @@ def load_backend(
     if src.is_file() and src.suffix in (".plan", ".engine"):
         if backend not in ("auto", "tensorrt"):
             raise UserError(f"{src} is a TensorRT engine: use --backend tensorrt")
-        return TensorRTBackend(src)
+        beside = src.parent / artifacts.MANIFEST  # its export's config says what the extra inputs are
+        cfg = _manifest_config(artifacts.read_manifest(src.parent, verify=False)) if beside.exists() else None
+        return TensorRTBackend(src, cfg=cfg)
 
     manifest = None
     if (src / artifacts.MANIFEST).exists():
@@ -265,8 +505,12 @@ def load_backend(
         return {"parity": manifest.get("parity", {}).get(key), "meta": manifest.get("generator_meta", {})}
 
     files = manifest.get("files", {})
+    cfg = _manifest_config(manifest)
     plan = src / artifacts.TRT_PLAN
     onnx16, onnx32 = src / artifacts.ONNX_FP16, src / artifacts.ONNX_FP32
+    w_graphs = None
+    if all(f in files for f in W_FILES.values()) and usable(W_PARITY_KEY):
+        w_graphs = (src / W_FILES["mapping"], src / W_FILES["synthesis"])
     candidates: list[str] = [backend] if backend != "auto" else []
     if backend == "auto":
         if device == "cuda":
@@ -283,7 +527,7 @@ def load_backend(
                 reasons.append("tensorrt: engine failed parity (use --force to serve it anyway)")
                 continue
             try:
-                return TensorRTBackend(plan, info("tensorrt"))
+                return TensorRTBackend(plan, info("tensorrt"), cfg)
             except UserError as e:
                 if backend != "auto":
                     raise
@@ -295,7 +539,7 @@ def load_backend(
             for key, path in order:
                 if path.name in files and usable(key):
                     try:
-                        return OnnxRuntimeBackend(path, device, key.split("-")[1], info(key))
+                        return OnnxRuntimeBackend(path, device, key.split("-")[1], info(key), w_graphs)
                     except UserError as e:
                         if backend != "auto":
                             raise

@@ -6,6 +6,12 @@ request across batches), waits at most ``max_delay_ms`` for more, runs the backe
 thread (backends are not re-entrant) and hands each request its own rows back. A failing batch
 fails only the requests that had rows in it. asyncio and numpy only: no web imports.
 
+A request may carry per-row columns besides the latents (``classes``, ``psi``): requests with
+different classes or truncation share a batch, each row keeping its own values, so a seed's image
+never depends on who else was in the batch. A request may also name another function of the same
+backend (``fn``, e.g. a style model's ``map_w`` or ``synthesize_w``); only requests with the same
+function and the same column names share a batch.
+
 The wait for more requests is adaptive: it only pays when requests arrive closer together than
 ``max_delay_ms``; a lone request on an idle server runs at once, so single-image latency stays
 at the backend's batch-1 latency.
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -58,6 +65,8 @@ class _Request:
     z: np.ndarray
     future: asyncio.Future
     enqueued: float
+    fn: Callable[..., np.ndarray]
+    columns: dict[str, np.ndarray]
     taken: int = 0  # rows handed to batches so far
     done: int = 0  # rows returned
     out: np.ndarray | None = None
@@ -66,13 +75,18 @@ class _Request:
     def n(self) -> int:
         return len(self.z)
 
+    def joins(self, other: _Request) -> bool:
+        """Whether this request's rows can go in one backend call with ``other``'s."""
+        return self.fn == other.fn and self.columns.keys() == other.columns.keys()
+
 
 class Batcher:
-    """``await submit(z)`` returns ``generate(z)``, computed in batches shared with other callers."""
+    """``await submit(z, **columns)`` returns ``generate(z, **columns)``, computed in batches shared with
+    other callers."""
 
     def __init__(
         self,
-        generate: Callable[[np.ndarray], np.ndarray],
+        generate: Callable[..., np.ndarray],
         *,
         max_batch: int = 32,
         max_delay_ms: float = 5.0,
@@ -146,14 +160,19 @@ class Batcher:
 
     # ------------------------------------------------------------------ submitting
 
-    async def submit(self, z: np.ndarray) -> np.ndarray:
-        """Queue ``z [n, z_dim]`` and wait for ``generate(z)``; raises QueueFull at once when full."""
+    async def submit(self, z: np.ndarray, fn: Callable[..., np.ndarray] | None = None, **columns) -> np.ndarray:
+        """Queue ``z [n, z_dim]`` and wait for ``fn(z, **columns)`` (``fn`` defaults to ``generate``); each
+        column (e.g. ``classes``, ``psi``) holds one value per row. Raises QueueFull at once when full."""
         if not self.running:
             raise BatcherClosed("server is not accepting work")
         z = np.ascontiguousarray(z, dtype=np.float32)
         if z.ndim != 2 or len(z) == 0:
             raise ValueError(f"expected latents [n >= 1, z_dim], got shape {z.shape}")
         n = len(z)
+        columns = {k: np.ascontiguousarray(v) for k, v in columns.items()}
+        for k, v in columns.items():
+            if v.shape[:1] != (n,):
+                raise ValueError(f"column {k!r} has shape {v.shape}; expected one value per row ({n})")
         if self._depth + n > self.queue_size:
             self.stats.rejected()
             raise QueueFull(n, self._depth, self.queue_size, self.retry_after())
@@ -162,7 +181,7 @@ class Batcher:
             gap = now - self._last_arrival
             self._gap = gap if math.isinf(self._gap) else 0.7 * self._gap + 0.3 * gap
         self._last_arrival = now
-        req = _Request(z, self._loop.create_future(), now)
+        req = _Request(z, self._loop.create_future(), now, fn or self.generate, columns)
         self._pending.append(req)
         self._depth += n
         self.stats.queue_depth(self._depth)
@@ -211,13 +230,16 @@ class Batcher:
                 return
 
     def _take(self) -> list[tuple[_Request, int, int]]:
-        """Up to ``max_batch`` rows from the head of the queue, splitting a request if needed."""
+        """Up to ``max_batch`` rows from the head of the queue, splitting a request if needed; stops at a
+        request that cannot share the batch (another function or other columns), which leads the next one."""
         batch, room, now = [], self.max_batch, time.perf_counter()
         while room and self._pending:
             req = self._pending[0]
             if req.future.done():
                 self._drop_abandoned()
                 continue
+            if batch and not req.joins(batch[0][0]):
+                break
             k = min(room, req.n - req.taken)
             if req.taken == 0:
                 self.stats.queue_wait(now - req.enqueued)
@@ -246,15 +268,14 @@ class Batcher:
                 await self._run_batch(batch)
 
     async def _run_batch(self, batch: list[tuple[_Request, int, int]]) -> None:
-        z = (
-            batch[0][0].z[batch[0][1] : batch[0][2]]
-            if len(batch) == 1
-            else np.concatenate([req.z[a:b] for req, a, b in batch])
-        )
+        head = batch[0][0]
+        z = _rows(batch, lambda req: req.z)
+        columns = {k: _rows(batch, lambda req, k=k: req.columns[k]) for k in head.columns}
         t0 = time.perf_counter()
         self._inflight = [req for req, _, _ in batch]
         try:
-            images = await self._loop.run_in_executor(self._executor, self.generate, z)
+            call = functools.partial(head.fn, z, **columns)
+            images = await self._loop.run_in_executor(self._executor, call)
             if len(images) != len(z):
                 raise RuntimeError(f"backend returned {len(images)} images for {len(z)} latents")
         except Exception as e:  # fail exactly the requests in this batch
@@ -285,3 +306,11 @@ class Batcher:
             req.done += b - a
             if req.done == req.n:
                 req.future.set_result(req.out)
+
+
+def _rows(batch: list[tuple[_Request, int, int]], field: Callable[[_Request], np.ndarray]) -> np.ndarray:
+    """One array of a batch's rows (a view when the batch is one request's slice)."""
+    if len(batch) == 1:
+        req, a, b = batch[0]
+        return field(req)[a:b]
+    return np.concatenate([field(req)[a:b] for req, a, b in batch])

@@ -4,6 +4,9 @@
 TensorRT is absent (it cannot be installed on our CI machines). Written against NVIDIA's
 documented Python API shared by TensorRT 10 and 11: name-based I/O (``set_input_shape``,
 ``set_tensor_address``, ``execute_async_v3``); device buffers are torch CUDA tensors (no pycuda).
+A generator engine takes ``z`` and, where the model has them, ``class`` (int64) and ``psi`` (float32),
+all on the one batch axis; the feed logic (``as_feeds``, ``split_batches``, ``pad_batch``) is plain numpy
+so it is tested where TensorRT is absent.
 """
 
 from __future__ import annotations
@@ -50,8 +53,53 @@ def make_logger(trt):
     return trt.Logger(trt.Logger.WARNING)
 
 
+INPUT_DTYPES = {"z": np.float32, "class": np.int64, "psi": np.float32}  # the generator graphs' inputs
+
+
+def order_inputs(names) -> tuple[str, ...]:
+    """An engine's input names in the graph's order (z, class, psi); anything else is not our engine."""
+    unknown = [n for n in names if n not in INPUT_DTYPES]
+    if "z" not in names or unknown:
+        raise UserError(f"the engine has inputs {list(names)}; a generator engine takes z (and class, psi)")
+    return tuple(n for n in INPUT_DTYPES if n in names)
+
+
+def as_feeds(inputs, names: tuple[str, ...], z_dim: int) -> dict[str, np.ndarray]:
+    """``{name: array}`` for exactly ``names``, each contiguous in its graph dtype and with one batch size;
+    a bare array is ``z`` (the engines of unconditional models)."""
+    if not isinstance(inputs, dict):
+        inputs = {"z": inputs}
+    if set(inputs) != set(names):
+        raise ValueError(f"the engine takes {list(names)}, got {sorted(inputs)}")
+    feeds = {n: np.ascontiguousarray(inputs[n], dtype=INPUT_DTYPES[n]) for n in names}
+    z = feeds["z"]
+    if z.ndim != 2 or z.shape[1] != z_dim:
+        raise ValueError(f"z must be [B, {z_dim}], got {list(z.shape)}")
+    for n in names[1:]:
+        if feeds[n].shape != (len(z),):
+            raise ValueError(f"{n} must be [{len(z)}] like z's batch, got {list(feeds[n].shape)}")
+    return feeds
+
+
+def split_batches(feeds: dict[str, np.ndarray], max_batch: int) -> list[dict[str, np.ndarray]]:
+    """Batches above the profile's max run as several calls, every input cut at the same rows."""
+    n = len(feeds["z"])
+    return [{k: v[i : i + max_batch] for k, v in feeds.items()} for i in range(0, max(n, 1), max_batch)]
+
+
+def pad_batch(feeds: dict[str, np.ndarray], min_batch: int) -> dict[str, np.ndarray]:
+    """A profile with min > 1: repeat the last row of every input up to ``min_batch`` (dropped after the run).
+
+    Repeating a real row keeps a padded class index in range (zeros would do for z but not for class).
+    """
+    pad = max(0, min_batch - len(feeds["z"]))
+    if not pad:
+        return feeds
+    return {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in feeds.items()}
+
+
 class EngineRunner:
-    """One deserialized plan with one execution context; ``run`` is not re-entrant (callers lock)."""
+    """One deserialized plan with one execution context; ``run`` holds a lock, so calls are serialised."""
 
     def __init__(self, plan_path: str | Path):
         ok, why = available()
@@ -74,14 +122,15 @@ class EngineRunner:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise UserError(f"{plan_path} has inputs {inputs} and outputs {outputs}; expected one of each")
-        self.input_name, self.output_name = inputs[0], outputs[0]
-        lo, _, hi = self.engine.get_tensor_profile_shape(self.input_name, 0)
+        if len(outputs) != 1:
+            raise UserError(f"{plan_path} has outputs {outputs}; expected one image")
+        self.input_names, self.output_name = order_inputs(inputs), outputs[0]
+        self.input_name = "z"
+        lo, _, hi = self.engine.get_tensor_profile_shape("z", 0)
         self.min_batch, self.max_batch = int(lo[0]), int(hi[0])
-        self.z_dim = int(self.engine.get_tensor_shape(self.input_name)[1])
+        self.z_dim = int(self.engine.get_tensor_shape("z")[1])
         self.resolution = int(self.engine.get_tensor_shape(self.output_name)[-1])
-        self._in_dtype = self._torch_dtype(self.engine.get_tensor_dtype(self.input_name))
+        self._dtypes = {n: self._torch_dtype(self.engine.get_tensor_dtype(n)) for n in self.input_names}
         self._out_dtype = self._torch_dtype(self.engine.get_tensor_dtype(self.output_name))
         self.context = self.engine.create_execution_context()
         self.stream = torch.cuda.Stream()
@@ -89,29 +138,33 @@ class EngineRunner:
     def _torch_dtype(self, dt):
         trt, torch = self._trt, self._torch
         table = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16}
+        for name, t in (("INT64", torch.int64), ("INT32", torch.int32)):  # class indices
+            if hasattr(trt.DataType, name):
+                table[getattr(trt.DataType, name)] = t
         if dt not in table:
             raise UserError(f"unsupported TensorRT I/O dtype {dt}")
         return table[dt]
 
-    def run(self, z: np.ndarray) -> np.ndarray:
-        """``z`` float32 ``[B, z_dim]`` -> float32 ``[B, 3, H, W]``; batches above the profile are split."""
-        z = np.ascontiguousarray(z, dtype=np.float32)
-        if z.ndim != 2 or z.shape[1] != self.z_dim:
-            raise ValueError(f"z must be [B, {self.z_dim}], got {list(z.shape)}")
-        parts = [self._run_one(z[i : i + self.max_batch]) for i in range(0, len(z), self.max_batch)]
+    def run(self, inputs) -> np.ndarray:
+        """``{"z": float32 [B, z_dim], "class": int64 [B], "psi": float32 [B]}`` (the engine's inputs; a bare
+        array is z) -> float32 ``[B, 3, H, W]``; batches above the profile are split."""
+        feeds = as_feeds(inputs, self.input_names, self.z_dim)
+        parts = [self._run_one(part) for part in split_batches(feeds, self.max_batch)]
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
-    def _run_one(self, z: np.ndarray) -> np.ndarray:
+    def _run_one(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         torch = self._torch
-        b = len(z)
-        pad = max(0, self.min_batch - b)  # a profile with min > 1: pad, then drop the padding
+        b = len(feeds["z"])
+        feeds = pad_batch(feeds, self.min_batch)
         with self._lock, torch.cuda.stream(self.stream):
-            zt = torch.from_numpy(np.concatenate([z, np.zeros((pad, self.z_dim), np.float32)]) if pad else z)
-            zt = zt.to("cuda", non_blocking=False).to(self._in_dtype).contiguous()
-            self.context.set_input_shape(self.input_name, tuple(zt.shape))
+            # named I/O (TensorRT 10): a shape and an address per input; the tensors live until the sync
+            held = {n: torch.from_numpy(v).to("cuda").to(self._dtypes[n]).contiguous() for n, v in feeds.items()}
+            for n, t in held.items():
+                self.context.set_input_shape(n, tuple(t.shape))
             out_shape = tuple(self.context.get_tensor_shape(self.output_name))
             out = torch.empty(out_shape, dtype=self._out_dtype, device="cuda")
-            self.context.set_tensor_address(self.input_name, zt.data_ptr())
+            for n, t in held.items():
+                self.context.set_tensor_address(n, t.data_ptr())
             self.context.set_tensor_address(self.output_name, out.data_ptr())
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise RuntimeError("TensorRT execute_async_v3 failed")

@@ -2,7 +2,8 @@
 
 Seed + count -> gallery (and a zip of what is shown); a "random" button; interpolation between
 two seeds as a strip and an animated GIF; the model card. Layout wraps to one column on a
-phone-width screen.
+phone-width screen. A class picker (conditional models) and a truncation slider (style models)
+apply to both tabs; the page is built before the model is loaded, so they appear on page load.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from pathlib import Path
 
 from projgan.serve import images as enc
 from projgan.serve.batcher import BatcherClosed, QueueFull
-from projgan.serve.schemas import MAX_SEED
+from projgan.serve.schemas import MAX_SEED, TRUNCATION_RANGE
 
 UI_MAX_IMAGES = 16
+BY_SEED = "by seed (seed mod K)"  # the class picker's "no class named" choice, as the API's default
 SCRATCH_MAX_AGE_S = 600  # our copies; Gradio keeps its own cached copies per delete_cache
 
 CSS = """
@@ -65,6 +67,8 @@ def _card_table(card: dict) -> str:
         ("Backend", f"{card['backend']} · {card['precision']} · {card['device']}"),
         ("Providers", ", ".join(card.get("providers") or []) or "—"),
         ("Parity", ("passed" if parity.get("passed") else "FAILED") if parity else "— (not from an export)"),
+        ("Classes", ", ".join(card.get("class_names") or []) or "— (unconditional)"),
+        ("Truncation", "ψ, interpolation in w" if card.get("supports_w") else "ψ" if card.get("truncation") else "—"),
         ("Batching", f"up to {card['max_batch']} images, {card['max_delay_ms']:g} ms wait"),
         ("Limits", f"{card['limits']['max_images']} images, {card['limits']['max_interpolation_steps']} frames"),
     ]
@@ -81,12 +85,25 @@ def _card_line(card: dict) -> str:
 
 
 def build(server):
-    """The Blocks app; ``server`` is the ``projgan.serve.app.Server`` the API uses."""
+    """The Blocks app; ``server`` is the ``projgan.serve.server.Server`` the API uses."""
     import gradio as gr
 
     cfg = server.cfg
     scratch = server.scratch = Scratch()
     max_count = min(cfg.max_images, UI_MAX_IMAGES)
+
+    def _class(value) -> int | None:
+        if value in (None, "", BY_SEED):
+            return None
+        try:
+            return server.facts.class_index(value)
+        except ValueError as e:
+            raise gr.Error(str(e)) from None
+
+    def _psi(value) -> float | None:
+        if not server.facts.truncation or value is None:
+            return None
+        return min(max(float(value), TRUNCATION_RANGE[0]), TRUNCATION_RANGE[1])
 
     def _seed(value, name: str) -> int:
         if value is None:
@@ -104,10 +121,11 @@ def build(server):
         except BatcherClosed:
             raise gr.Error("The server is shutting down.") from None
 
-    async def generate(seed, count):
+    async def generate(seed, count, klass=None, psi=None):
         first, count = _seed(seed, "Seed"), int(min(max(int(count or 1), 1), max_count))
         seeds = [s for s in range(first, first + count) if s <= MAX_SEED]
-        images = await run(server.generate(seeds))
+        cls = _class(klass)
+        images = await run(server.generate(seeds, cls, _psi(psi)))
         pngs = await server.pngs(images)
         folder = scratch.folder()
         paths = []
@@ -119,13 +137,17 @@ def build(server):
         archive.write_bytes(
             await server.encode(enc.zip_of, [(Path(p).name, b) for p, b in zip(paths, pngs, strict=True)])
         )
-        gallery = [(p, f"seed {s}") for p, s in zip(paths, seeds, strict=True)]
+        captions = [f"seed {s}" for s in seeds]
+        classes = server.classes(seeds, cls)
+        if classes is not None:
+            captions = [f"{t} · {server.facts.class_names[c]}" for t, c in zip(captions, classes.tolist(), strict=True)]
+        gallery = list(zip(paths, captions, strict=True))
         return gallery, gr.update(value=str(archive), visible=True)
 
-    async def interpolate(a, b, steps):
+    async def interpolate(a, b, steps, klass=None, psi=None):
         a, b = _seed(a, "From seed"), _seed(b, "To seed")
         steps = int(min(max(int(steps or 2), 2), cfg.max_interpolation_steps))
-        frames = await run(server.interpolate(a, b, steps))
+        frames = await run(server.interpolate(a, b, steps, _class(klass), _psi(psi)))
         strip = await server.encode(enc.strip, frames)
         folder = scratch.folder()
         path = folder / f"interpolation_{a}_{b}.gif"
@@ -138,13 +160,30 @@ def build(server):
     def card():
         c = server.card()
         c["limits"] = c["limits"].model_dump()
-        return f"**{_card_line(c)}**", _card_table(c), c
+        facts = server.facts
+        picker = gr.update(visible=facts.num_classes > 0, choices=[BY_SEED, *facts.class_names], value=BY_SEED)
+        slider = gr.update(visible=facts.truncation)
+        return f"**{_card_line(c)}**", _card_table(c), c, picker, slider
 
     with gr.Blocks(title="projgan", analytics_enabled=False, delete_cache=(600, 3600)) as demo:
         gr.Markdown(
             "# projgan\nImages from a Projected GAN generator. A seed always gives the same image.", elem_id="title"
         )
         line = gr.Markdown("", elem_id="card-line")
+        with gr.Row(equal_height=True):
+            klass = gr.Dropdown(
+                choices=[BY_SEED], value=BY_SEED, label="Class", visible=False, min_width=160, elem_id="class"
+            )
+            psi = gr.Slider(
+                TRUNCATION_RANGE[0],
+                TRUNCATION_RANGE[1],
+                value=1.0,
+                step=0.05,
+                label="Truncation ψ (1 = none, 0 = the average image)",
+                visible=False,
+                min_width=160,
+                elem_id="truncation",
+            )
         with gr.Tab("Generate"):
             with gr.Row(equal_height=True):
                 seed = gr.Number(
@@ -182,11 +221,12 @@ def build(server):
             with gr.Accordion("Raw model card (GET /v1/model)", open=False):
                 card_json = gr.JSON(label="Model card")
 
-        go.click(generate, [seed, count], [gallery, download])
-        seed.submit(generate, [seed, count], [gallery, download])
-        rand.click(random_seed, None, seed).then(generate, [seed, count], [gallery, download])
-        walk.click(interpolate, [a, b, steps], [strip, animation, gif_download])
-        demo.load(card, None, [line, card_table, card_json])
+        inputs = [seed, count, klass, psi]
+        go.click(generate, inputs, [gallery, download])
+        seed.submit(generate, inputs, [gallery, download])
+        rand.click(random_seed, None, seed).then(generate, inputs, [gallery, download])
+        walk.click(interpolate, [a, b, steps, klass, psi], [strip, animation, gif_download])
+        demo.load(card, None, [line, card_table, card_json, klass, psi])
     demo.queue(default_concurrency_limit=None, max_size=cfg.queue_size)
     return demo
 

@@ -249,3 +249,76 @@ def test_cancelled_request_leaves_the_queue_at_once():
     np.testing.assert_array_equal(first, rows(10, 2) * 2)
     np.testing.assert_array_equal(late, rows(30, 5) * 2)
     assert depth == 0
+
+
+def test_requests_with_different_classes_and_psi_share_a_batch_row_by_row():
+    """Per-row columns travel with their rows: one backend call serves mixed classes and truncations."""
+    calls = []
+
+    def generate(z, classes, psi):
+        calls.append((len(z), classes.copy(), psi.copy()))
+        return z * 2 + classes[:, None] * 100 + psi[:, None]
+
+    async def main():
+        b = Batcher(generate, max_batch=8, max_delay_ms=0, queue_size=64)
+        await b.start()
+        release = threading.Event()
+        blocker = asyncio.ensure_future(b.run_in_worker(release.wait, 1.0))  # hold the thread: requests queue up
+        await asyncio.sleep(0.01)
+        reqs = [
+            (rows(10 * i, 1 + i % 2), np.full(1 + i % 2, i % 3), np.full(1 + i % 2, 0.5 * i, np.float32))
+            for i in range(4)
+        ]
+        futs = [asyncio.ensure_future(b.submit(z, classes=c, psi=p)) for z, c, p in reqs]
+        await asyncio.sleep(0.01)
+        release.set()
+        await blocker
+        outs = await asyncio.gather(*futs)
+        await b.stop()
+        return reqs, outs
+
+    reqs, outs = run(main())
+    for (z, c, p), out in zip(reqs, outs, strict=True):
+        np.testing.assert_array_equal(out, z * 2 + c[:, None] * 100 + p[:, None])
+    assert len(calls) == 1 and calls[0][0] == 6  # all four requests in one call
+    assert calls[0][1].tolist() == [0, 1, 1, 2, 0, 0] and calls[0][2].tolist() == [0, 0.5, 0.5, 1.0, 1.5, 1.5]
+
+
+def test_another_function_or_other_columns_start_a_new_batch():
+    """A style model's ``map_w``/``synthesize_w`` rows never go into a ``generate`` call, nor vice versa."""
+    calls = []
+
+    def generate(z, **cols):
+        calls.append(("generate", len(z), sorted(cols)))
+        return z * 2
+
+    def synthesize(w):
+        calls.append(("synthesize", len(w), []))
+        return w * 3
+
+    async def main():
+        b = Batcher(generate, max_batch=8, max_delay_ms=0, queue_size=64)
+        await b.start()
+        release = threading.Event()
+        blocker = asyncio.ensure_future(b.run_in_worker(release.wait, 1.0))
+        await asyncio.sleep(0.01)
+        futs = [
+            asyncio.ensure_future(b.submit(rows(0, 2))),
+            asyncio.ensure_future(b.submit(rows(10, 1), fn=synthesize)),
+            asyncio.ensure_future(b.submit(rows(20, 1), fn=synthesize)),
+            asyncio.ensure_future(b.submit(rows(30, 1), classes=np.array([1]))),
+            asyncio.ensure_future(b.submit(rows(40, 1))),
+        ]
+        await asyncio.sleep(0.01)
+        release.set()
+        await blocker
+        outs = await asyncio.gather(*futs)
+        with pytest.raises(ValueError, match="one value per row"):
+            await b.submit(rows(0, 2), classes=np.array([1]))
+        await b.stop()
+        return outs
+
+    outs = run(main())
+    np.testing.assert_array_equal(outs[1], rows(10, 1) * 3)
+    np.testing.assert_array_equal(outs[3], rows(30, 1) * 2)
+    assert calls == [("generate", 2, []), ("synthesize", 2, []), ("generate", 1, ["classes"]), ("generate", 1, [])]

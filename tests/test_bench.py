@@ -168,3 +168,25 @@ def test_bench_metrics_and_plots_import_with_torch_alone():
     heavy = {"onnxruntime", "onnx", "matplotlib", "cleanfid", "torchvision", "timm", "fastapi", "gradio"}
     assert not {m.split(".")[0] for m in mods} & heavy
     assert not any(m.startswith("projgan.train") for m in mods)
+
+
+@pytest.mark.parametrize("arch,num_classes", [("stylegan2", 2), ("fastgan", 3)])
+def test_synthetic_bench_of_each_arch_records_it(arch, num_classes, tmp_path, monkeypatch):
+    """No source: a random generator of the named config, timed with torch at 32 px on the CPU."""
+    from projgan.config import GeneratorConfig
+
+    monkeypatch.setenv(hardware.CPU_FLAGS_ENV, NO_BF16)  # fp32 only: one row per batch size
+    gen = GeneratorConfig(arch=arch, resolution=32, ngf=8, z_dim=64, num_classes=num_classes)
+    out = tmp_path / "b.json"
+    result = B.bench(BenchConfig(batch_sizes=(1, 2), device="cpu", warmup=1, repeats=2, out=str(out)),
+                     progress=False, peak_n=256, peak_budget_s=0.2, generator=gen)
+    on_disk = json.loads(out.read_text())
+    assert on_disk["synthetic"] is True and arch in on_disk["source"]
+    assert (on_disk["generator"]["arch"], on_disk["generator"]["num_classes"]) == (arch, num_classes)
+    flops, params = B.generator_flops(gen)
+    assert on_disk["generator"]["flops_per_image"] == flops > 0 and on_disk["generator"]["params"] == params
+    assert [(r["label"], r["batch"], r["arch"], r["num_classes"]) for r in result["results"]] == [
+        ("torch-fp32", 1, arch, num_classes), ("torch-fp32", 2, arch, num_classes)]
+    assert all(r["images_per_s"] > 0 and r["gflops_per_s"] > 0 for r in result["results"])
+    with pytest.raises(UserError, match="not both"):
+        B.bench(BenchConfig(source=str(tmp_path), out=str(out)), generator=gen)

@@ -53,6 +53,12 @@ CASES = [
     ("/v1/interpolate", {"from": 1, "to": 2, "steps": 3.0, "duration_ms": 2000.0, "format": "zip"}),
     ("/v1/interpolate", {"from": 1, "to": 2.5}),
     ("/v1/interpolate", {"from": 1, "to": 2, "steps": True}),
+    # an unconditional FastGAN: no class at all, truncation only as 1 (none)
+    ("/v1/generate", {"seeds": [1], "class": 0}),
+    ("/v1/generate", {"seeds": [1], "truncation": 1}),
+    ("/v1/generate", {"seeds": [1], "truncation": 0.5}),
+    ("/v1/interpolate", {"from": 1, "to": 2, "truncation": 1.0}),
+    ("/v1/interpolate", {"from": 1, "to": 2, "class": "class0"}),
 ]
 
 

@@ -77,6 +77,9 @@ def test_ui_generates_interpolates_and_fits_a_phone(kind, generator_64, browser,
             page.goto(url + "/")  # redirects to /ui/
             assert page.url.rstrip("/").endswith("/ui")
             page.wait_for_selector("#generate", timeout=30_000)
+            page.wait_for_selector("#card-line table, #card-line p", timeout=30_000)  # the page's load event ran
+            assert page.locator("#class").count() == 0 or not page.locator("#class").is_visible()  # unconditional
+            assert page.locator("#truncation").count() == 0 or not page.locator("#truncation").is_visible()
             page.fill("#seed input", "123")
             page.click("#generate")
             page.wait_for_function(LOADED_IMAGES.replace("{sel}", "#gallery"), arg=4, timeout=30_000)
@@ -105,3 +108,29 @@ def test_ui_generates_interpolates_and_fits_a_phone(kind, generator_64, browser,
             assert kind in page.inner_text("#card")
             page.close()
         assert batch_count(url) > before  # the UI's work went through the shared batcher
+
+
+@pytest.mark.browser
+def test_ui_class_picker_and_truncation_slider_for_a_conditional_style_model(browser, tmp_path):
+    """The picker lists the model's classes and the chosen class reaches the model; psi 0 makes seeds alike."""
+    from tests.test_serve_conditional import conditional_generator
+
+    gen = conditional_generator(tmp_path / "generator", "stylegan2")
+    cfg = ServeConfig(source=str(gen), backend="torch", device="cpu", precision="fp32", max_batch=8)
+    with background_server(create_app(cfg)) as url:
+        page = browser.new_page(viewport=VIEWPORTS["desktop"])
+        page.goto(url + "/ui/")
+        page.wait_for_selector("#class", state="visible", timeout=30_000)
+        page.wait_for_selector("#truncation", state="visible", timeout=30_000)
+        page.click("#class input")
+        options = page.get_by_role("option")
+        options.first.wait_for(timeout=10_000)
+        assert [t.strip() for t in options.all_inner_texts()][1:] == ["red", "blue"]
+        page.get_by_role("option", name="blue").click()
+        page.fill("#seed input", "10")
+        page.click("#generate")
+        page.wait_for_function(LOADED_IMAGES.replace("{sel}", "#gallery"), arg=4, timeout=30_000)
+        assert page.locator("#gallery").get_by_text("seed 10 · blue").count() == 1
+        assert page.locator("#gallery").get_by_text("red").count() == 0
+        page.screenshot(path=str(ARTIFACTS / "ui-conditional.png"), full_page=True)
+        page.close()

@@ -2,7 +2,9 @@
 
 Every image is center-cropped to a square and resized to the training resolution once; the result is
 cached as ``.npy`` (no pickle) keyed by a fingerprint of the file list and the resolution, so a
-resumed or repeated run starts at once. The training loop holds the images as one uint8 tensor
+resumed or repeated run starts at once. Classes are the first-level subfolders (the ImageFolder
+convention; in a zip the first path component): the summary records each image's class index,
+which ``--cond`` trains on and ``pipeline data check`` prints. The training loop holds the images as one uint8 tensor
 ``[N, 3, H, W]`` (on the GPU when it fits) and samples batches by random index: no data loader.
 """
 
@@ -14,7 +16,7 @@ import os
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,19 @@ class Summary:
     non_image: int = 0  # files without an image extension
     upscaled: int = 0  # shorter side below the resolution
     median_size: int = 0  # median shorter side of the source images
+    classes: list[str] = field(default_factory=list)  # first-level folders, sorted ("" = files at the top)
+    labels: list[int] = field(default_factory=list)  # class index of each decoded image, in array order
+
+    def class_counts(self) -> dict[str, int]:
+        counts = np.bincount(np.asarray(self.labels, dtype=np.int64), minlength=len(self.classes))
+        return {name or "(top level)": int(n) for name, n in zip(self.classes, counts, strict=True)}
+
+    def classes_line(self) -> str:
+        """Class names and counts when the data has class folders ('' when it has none)."""
+        if not self.classes or "" in self.classes:  # files at the top: not a class-folder layout
+            return ""
+        return f"{len(self.classes)} classes (first-level folders): " + ", ".join(
+            f"{k} {v}" for k, v in self.class_counts().items())
 
     def skipped(self) -> str:
         parts = []
@@ -77,6 +92,8 @@ def _scan(source: Path, resolution: int, progress: bool = True) -> tuple[np.ndar
 
     out = np.empty((len(images), resolution, resolution, 3), dtype=np.uint8)
     sides: list[int] = []
+    folders = [class_of(name) for name in images]
+    labels: list[str] = []
     n = 0
     workers = 1 if is_zip else min(8, os.cpu_count() or 1)  # ZipFile is not thread-safe for reads
     from rich.console import Console
@@ -86,20 +103,30 @@ def _scan(source: Path, resolution: int, progress: bool = True) -> tuple[np.ndar
     show = progress and err.is_terminal  # logs (CI, nohup) get the summary line only
     with ThreadPoolExecutor(workers) as pool, Progress(console=err, transient=True, disable=not show) as bar:
         task = bar.add_task(f"decoding {len(images)} images", total=len(images))
-        for res in pool.map(load, images):
+        for folder, res in zip(folders, pool.map(load, images), strict=True):
             bar.advance(task)
             if res is None:
                 summary.unreadable += 1
                 continue
             out[n], side = res
             sides.append(side)
+            labels.append(folder)
             n += 1
     if zf is not None:
         zf.close()
     summary.images = n
     summary.upscaled = sum(s < resolution for s in sides)
     summary.median_size = int(np.median(sides)) if sides else 0
+    summary.classes = sorted(set(labels))
+    index = {c: i for i, c in enumerate(summary.classes)}
+    summary.labels = [index[c] for c in labels]
     return out[:n], summary
+
+
+def class_of(name: str) -> str:
+    """The class of a relative image name: its first-level folder ("" for a file at the top)."""
+    parts = name.split("/")
+    return parts[0] if len(parts) > 1 else ""
 
 
 def _validate(summary: Summary, min_images: int) -> None:
@@ -150,7 +177,8 @@ def load_images(
             try:
                 arr = np.load(cache, allow_pickle=False)
                 summary = Summary(**json.loads(meta.read_text()))
-                if arr.shape[1:] == (resolution, resolution, 3) and arr.shape[0] == summary.images:
+                ok_labels = len(summary.labels) == summary.images  # caches older than class labels are rebuilt
+                if arr.shape[1:] == (resolution, resolution, 3) and arr.shape[0] == summary.images and ok_labels:
                     _validate(summary, min_images)
                     return arr, summary
             except (OSError, ValueError, TypeError, json.JSONDecodeError):
@@ -186,6 +214,8 @@ def check(path: str | Path, resolution: int = 256) -> Summary:
 
     _, summary = _scan(_resolve_source(path), resolution)
     Console().print(summary.line(), highlight=False, soft_wrap=True)
+    if summary.classes_line():
+        Console().print(summary.classes_line() + " (used by pipeline train --cond)", highlight=False, soft_wrap=True)
     _validate(summary, MIN_IMAGES)
     return summary
 
@@ -199,10 +229,38 @@ def check_resolution(summary: Summary, resolution: int) -> None:
         )
 
 
-class ImageDataset:
-    """All training images as one uint8 tensor ``[N, 3, H, W]``; batches by random index."""
+def scan_classes(path: str | Path) -> tuple[str, ...]:
+    """``--cond``'s class names from the file names alone (no decoding): the sorted first-level folders."""
+    source = _resolve_source(path)
+    names = split_names(source)[0]
+    summary = Summary(source=str(source), resolution=0, images=len(names))
+    summary.classes = sorted({class_of(n) for n in names})
+    index = {c: i for i, c in enumerate(summary.classes)}
+    summary.labels = [index[class_of(n)] for n in names]
+    return conditional_classes(summary)
 
-    def __init__(self, images: np.ndarray, device: torch.device | str = "cpu", xflip: bool = False):
+
+def conditional_classes(summary: Summary) -> tuple[str, ...]:
+    """The class names ``--cond`` trains on, or a UserError saying why this data has none."""
+    if "" in summary.classes:
+        n = summary.class_counts()["(top level)"]
+        raise UserError(f"--cond: {n} images of {summary.source} are not in a class folder",
+                        "put every image in a first-level subfolder named for its class (data/cats/..., data/dogs/...)")
+    if len(summary.classes) < 2:
+        raise UserError(f"--cond needs at least 2 class folders in {summary.source} (found {summary.classes})",
+                        "classes are the first-level subfolders of --data")
+    return tuple(summary.classes)
+
+
+class ImageDataset:
+    """All training images as one uint8 tensor ``[N, 3, H, W]``; batches by random index.
+
+    With ``labels`` (class index per image) ``sample_labeled`` returns the classes too; ``balanced``
+    draws a class uniformly and then an image of it, instead of every image equally often.
+    """
+
+    def __init__(self, images: np.ndarray, device: torch.device | str = "cpu", xflip: bool = False,
+                 labels: np.ndarray | None = None, balanced: bool = False):
         t = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
         device = torch.device(device)
         if device.type == "cuda" and not _fits_on_gpu(t.numel(), device):
@@ -211,19 +269,33 @@ class ImageDataset:
         self.images = t.to(device)
         self.xflip = xflip
         self.target = device
+        self.labels = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+        self.weights = None
+        if self.labels is not None and balanced:
+            counts = torch.bincount(self.labels).double()
+            self.weights = (1.0 / counts)[self.labels]
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def sample(self, n: int, device: torch.device | str, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` random images as float ``[n, 3, H, W]`` in [-1, 1] on ``device`` (x-flipped at random)."""
-        idx = torch.randint(len(self), (n,), generator=generator)
+    def _indices(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
+        if self.weights is not None:
+            return torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        return torch.randint(len(self), (n,), generator=generator)
+
+    def sample_labeled(self, n: int, device: torch.device | str, generator: torch.Generator | None = None):
+        """``n`` random images as float ``[n, 3, H, W]`` in [-1, 1] on ``device`` (x-flipped at random), and
+        their class indices ``[n]`` (None for unlabeled data)."""
+        idx = self._indices(n, generator)
         x = self.images[idx.to(self.images.device)].to(device, non_blocking=True)
         x = x.float().div_(127.5).sub_(1.0)
         if self.xflip:
             flip = torch.rand(n, generator=generator).to(device) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
-        return x
+        return x, (None if self.labels is None else self.labels[idx].to(device))
+
+    def sample(self, n: int, device: torch.device | str, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.sample_labeled(n, device, generator)[0]
 
     def numpy_nhwc(self) -> np.ndarray:
         return self.images.permute(0, 2, 3, 1).cpu().numpy()

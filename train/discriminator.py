@@ -6,9 +6,16 @@ from a 256 px reference (with CSM: 128/64/32/16 -> 4/3/2/1 blocks, whatever the 
 widths from the FastGAN table, then a spectral-normed 4x4 conv to a map of logits. The feature
 network (backbone + random projections) is a submodule, so D's state dict holds it and a resumed
 run sees exactly the same projections.
+
+Class-conditional (``num_classes`` > 0): as in the paper's code, each mini-discriminator ends in a
+64-channel map that is projected onto an embedding of the class (Miyato & Koyama's projection
+discriminator): logit = <map, cmap(c)> / sqrt(64). ``separable`` (used with the StyleGAN2 generator,
+as the paper's code does) builds the DownBlocks from depthwise-separable 3x3 convs and average pooling.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -30,11 +37,53 @@ class DownBlock(nn.Sequential):
         )
 
 
+class SeparableDownBlock(nn.Sequential):
+    """Depthwise 3x3 conv, pointwise 1x1 conv (both spectral-normed), 2x2 average pool, BN, LeakyReLU."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__(
+            spectral_norm(nn.Conv2d(cin, cin, 3, 1, 1, groups=cin, bias=False)),
+            spectral_norm(nn.Conv2d(cin, cout, 1, bias=False)),
+            nn.AvgPool2d(2, 2),
+            nn.BatchNorm2d(cout),
+            nn.LeakyReLU(0.2, inplace=True),
+        )
+
+
+class ClassProjection(nn.Module):
+    """Projects a ``[B, CMAP, h, w]`` map onto a learned embedding of each sample's class: ``[B, 1, h, w]``."""
+
+    CMAP = 64  # the paper's code: cmap_dim 64 from a 128-wide embedding
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.embed = nn.Embedding(num_classes, 128)
+        self.proj = nn.Sequential(nn.Linear(128, self.CMAP), nn.LeakyReLU(0.2))
+
+    def forward(self, out: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        if c is None:
+            raise ValueError("a class-conditional discriminator needs class indices")
+        cmap = self.proj(self.embed(c.long())).to(out.dtype)
+        return (out * cmap[:, :, None, None]).sum(1, keepdim=True) * (1 / math.sqrt(self.CMAP))
+
+
+class ConditionalSequential(nn.Sequential):
+    """A Sequential of numbered layers plus an optional ``cond`` ClassProjection applied to its output.
+    Keeping the layers numbered keeps the unconditional state dict keys (old runs resume)."""
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        for name, m in self._modules.items():
+            if name != "cond":
+                x = m(x)
+        cond = self._modules.get("cond")
+        return cond(x, c) if cond is not None else x
+
+
 def _nearest_nominal(size: int) -> int:
     return min(WIDTHS, key=lambda s: abs(s - size))
 
 
-class MiniDiscriminator(nn.Sequential):
+class MiniDiscriminator(ConditionalSequential):
     """Feature map ``[B, spec.channels, spec.size, spec.size]`` -> logits ``[B, 1, h, w]``.
 
     Depth comes from ``spec.nominal``. Backbone inputs far below 224 px give maps too small for
@@ -42,26 +91,30 @@ class MiniDiscriminator(nn.Sequential):
     conv pads so that at least one logit remains.
     """
 
-    def __init__(self, spec: ScaleSpec):
+    def __init__(self, spec: ScaleSpec, num_classes: int = 0, separable: bool = False):
         nominal, size, cin = _nearest_nominal(spec.nominal), spec.size, spec.channels
         layers = []
         while nominal > END_SIZE and size >= 2:
             cout = WIDTHS[nominal // 2]
-            layers.append(DownBlock(cin, cout))
+            layers.append(SeparableDownBlock(cin, cout) if separable else DownBlock(cin, cout))
             cin, nominal, size = cout, nominal // 2, size // 2
         pad = max(0, (4 - size + 1) // 2)
-        layers.append(spectral_norm(nn.Conv2d(cin, 1, 4, 1, pad, bias=False)))
+        cout = ClassProjection.CMAP if num_classes else 1
+        layers.append(spectral_norm(nn.Conv2d(cin, cout, 4, 1, pad, bias=False)))
         super().__init__(*layers)
+        if num_classes:
+            self.cond = ClassProjection(num_classes)
 
 
 class ProjectedDiscriminator(nn.Module):
-    """Images in [-1, 1] -> one logit tensor ``[B, L_k]`` per scale (finest first)."""
+    """Images in [-1, 1] (and class indices when conditional) -> one logit tensor ``[B, L_k]`` per scale."""
 
-    def __init__(self, features: FeatureNetwork, num_discs: int = 4):
+    def __init__(self, features: FeatureNetwork, num_discs: int = 4, num_classes: int = 0, separable: bool = False):
         super().__init__()
         self.features = features
-        self.discs = nn.ModuleList(MiniDiscriminator(spec) for spec in features.scales[:num_discs])
+        self.discs = nn.ModuleList(MiniDiscriminator(spec, num_classes, separable)
+                                   for spec in features.scales[:num_discs])
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> list[torch.Tensor]:
         feats = self.features(x)
-        return [d(f).flatten(1) for d, f in zip(self.discs, feats, strict=False)]  # num_discs may be < 4
+        return [d(f, c).flatten(1) for d, f in zip(self.discs, feats, strict=False)]  # num_discs may be < 4

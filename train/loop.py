@@ -23,9 +23,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from projgan import artifacts
 from projgan.config import TrainConfig
 from projgan.errors import UserError
-from projgan.generator import sample_latents, to_uint8
-from projgan.train import dist, step
-from projgan.train.dataset import ImageDataset, check_resolution, load_images
+from projgan.train import dist, samples, step
+from projgan.train.dataset import ImageDataset, check_resolution, conditional_classes, load_images, scan_classes
 from projgan.train.features import check_backbone_weights, describe_weights, resolve_backbone_weights
 
 console = Console()
@@ -51,24 +50,6 @@ def _ensure_writable(out: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise UserError(f"cannot write to run directory {out}: {e.strerror or e}", "choose another --out") from None
-
-
-def image_grid(images: np.ndarray) -> np.ndarray:
-    """uint8 NHWC -> one near-square uint8 HWC grid (torchvision's make_grid, no padding)."""
-    from torchvision.utils import make_grid
-
-    t = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-    return make_grid(t, nrow=math.ceil(math.sqrt(len(images))), padding=0).permute(1, 2, 0).numpy()
-
-
-def _write_png(path: Path, array: np.ndarray) -> None:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    artifacts.atomic_write_bytes(path, buf.getvalue())
 
 
 class _Run:
@@ -111,6 +92,8 @@ class _Run:
         return artifacts.load_training_state(path, map_location="cpu")
 
     def setup(self) -> bool:
+        if self.cfg.cond:  # from the file names alone, before the resume check compares generator configs
+            self.cfg = self.cfg.with_classes(scan_classes(self.cfg.data))
         cfg, rt = self.cfg, self.rt
         if rt.main:
             _ensure_writable(self.out)
@@ -140,11 +123,19 @@ class _Run:
             self.log(summary.line())
             check_resolution(summary, cfg.generator.resolution)
         else:  # every rank reads the data itself (the cache rank 0 may be writing is not waited for)
-            images, _ = load_images(cfg.data, cfg.generator.resolution, progress=False)
+            images, summary = load_images(cfg.data, cfg.generator.resolution, progress=False)
             if state is None and projected:
                 weights = resolve_backbone_weights(cfg.backbone, cfg.backbone_weights)
+        labels = None
+        if cfg.cond:
+            if conditional_classes(summary) != cfg.generator.class_names:  # a class folder held no readable image
+                raise UserError(f"--cond: readable images were found for {summary.classes} only, but the folders "
+                                f"are {list(cfg.generator.class_names)}", "remove empty or unreadable class folders")
+            labels = np.asarray(summary.labels, dtype=np.int64)
+            self.log(summary.classes_line() + f"; {cfg.class_sampling} class sampling")
         dist.wait_for_main(rt)  # before the first collective (the weights broadcast in step.build)
-        self.data = ImageDataset(images, rt.device, xflip=cfg.xflip)
+        self.data = ImageDataset(images, rt.device, xflip=cfg.xflip, labels=labels,
+                                 balanced=cfg.class_sampling == "balanced")
         self.t = step.build(cfg, rt, weights)
         if projected:  # where the backbone's weights came from: recorded with the run, said at start
             self.backbone_info = (state or {}).get("backbone") or describe_weights(cfg.backbone_weights, weights)
@@ -207,19 +198,13 @@ class _Run:
         reals = self.out / artifacts.SAMPLES_DIR / "reals.png"
         if not reals.exists():
             pick = np.random.default_rng(0).permutation(len(images))[: self.cfg.sample_seeds]
-            _write_png(reals, image_grid(images[np.sort(pick)]))
+            samples.write_png(reals, samples.image_grid(images[np.sort(pick)]))
 
     # ------------------------------------------------------------ outputs
 
-    @torch.no_grad()
     def generate(self, seeds) -> np.ndarray:
-        """uint8 NHWC images of the EMA generator for the given seeds (what FID and samples see)."""
-        G = self.t.G_ema
-        out = []
-        for chunk in np.array_split(np.asarray(seeds), max(1, math.ceil(len(seeds) / 64))):
-            z = torch.from_numpy(sample_latents(chunk, G.cfg.z_dim)).to(self.rt.device)
-            out.append(to_uint8(G(z)))
-        return np.concatenate(out)
+        """uint8 NHWC images of the EMA generator for the given seeds (what FID and the law score see)."""
+        return samples.generate(self.t.G_ema, seeds, self.rt.device)
 
     def meta(self, fid: float | None = None) -> dict:
         return {"kimg": round(self.cur_nimg / 1000, 3), "fid": fid, "dataset": Path(self.cfg.data.rstrip("/")).name,
@@ -232,8 +217,8 @@ class _Run:
         if not self.rt.main:
             return
         kimg = self.cur_nimg / 1000
-        seeds = range(self.cfg.sample_seeds)
-        _write_png(self.out / artifacts.SAMPLES_DIR / f"kimg{kimg:09.3f}.png", image_grid(self.generate(seeds)))
+        grid = samples.sample_grid(self.t.G_ema, self.cfg.sample_seeds, self.rt.device)
+        samples.write_png(self.out / artifacts.SAMPLES_DIR / f"kimg{kimg:09.3f}.png", grid)
         fid = self.last_fid
         artifacts.save_generator(self.out / artifacts.GENERATOR_DIR, self.t.G_ema, self.meta(fid))
         state = step.state_dict(self.t)
@@ -372,8 +357,8 @@ class _Run:
             task = bar.add_task("train", total=cfg.max_minutes if timed else cfg.kimg,
                                 completed=0 if timed else self.cur_nimg / 1000, info="")
             while True:
-                reals = self.data.sample(t.batch_per_rank, self.rt.device)
-                self.cur_nimg = step.train_step(t, reals, self.cur_nimg)
+                reals, c = self.data.sample_labeled(t.batch_per_rank, self.rt.device)
+                self.cur_nimg = step.train_step(t, reals, self.cur_nimg, c if cfg.cond else None)
                 bar.update(task, completed=(time.time() - self.t_start) / 60 if timed else self.cur_nimg / 1000)
                 done = self.cur_nimg >= total
                 timeout = cfg.max_minutes > 0 and time.time() - self.t_start > cfg.max_minutes * 60

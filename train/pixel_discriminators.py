@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from projgan.generator import SLE, add_spectral_norm
+from projgan.train.discriminator import ClassProjection, ConditionalSequential
 
 FASTGAN_WIDTH = {4: 16, 8: 16, 16: 8, 32: 4, 64: 2, 128: 1, 256: 0.5, 512: 0.25, 1024: 0.125, 2048: 0.0625}
 
@@ -129,18 +130,21 @@ class FastGANDiscriminator(nn.Module):
         return logits, loss
 
 
-class DCGANDiscriminator(nn.Sequential):
+class DCGANDiscriminator(ConditionalSequential):
     """Radford et al. 2016: 4x4 stride-2 convs doubling the width (BatchNorm after the first),
-    LeakyReLU 0.2, down to 4x4, then one 4x4 conv to a single logit."""
+    LeakyReLU 0.2, down to 4x4, then one 4x4 conv to a single logit (to a 64-channel map projected
+    onto the class embedding when conditional, as the projected discriminator does)."""
 
-    def __init__(self, resolution: int, ndf: int = 64):
+    def __init__(self, resolution: int, ndf: int = 64, num_classes: int = 0):
         layers, c, size = [nn.Conv2d(3, ndf, 4, 2, 1, bias=False), _lrelu()], ndf, resolution // 2
         while size > 4:
             cout = min(c * 2, 8 * ndf)
             layers += [nn.Conv2d(c, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), _lrelu()]
             c, size = cout, size // 2
-        layers.append(nn.Conv2d(c, 1, 4, 1, 0, bias=False))
+        layers.append(nn.Conv2d(c, ClassProjection.CMAP if num_classes else 1, 4, 1, 0, bias=False))
         super().__init__(*layers)
+        if num_classes:
+            self.cond = ClassProjection(num_classes)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [super().forward(x).flatten(1)]
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> list[torch.Tensor]:
+        return [super().forward(x, c).flatten(1)]

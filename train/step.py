@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from projgan.config import TrainConfig
-from projgan.generator import Generator
+from projgan.generator import build_generator
 from projgan.train import dist
 from projgan.train.diffaug import diff_augment, parse_policy
 from projgan.train.discriminator import ProjectedDiscriminator
@@ -40,8 +40,8 @@ class Trainer:
 
     cfg: TrainConfig
     rt: dist.Runtime
-    G: Generator
-    G_ema: Generator
+    G: nn.Module  # projgan.generator.Generator (FastGAN) or projgan.stylegan2.StyleGenerator
+    G_ema: nn.Module
     D: nn.Module  # ProjectedDiscriminator, or a pixel baseline (FastGAN / DCGAN)
     opt_G: torch.optim.Optimizer
     opt_D: torch.optim.Optimizer
@@ -66,12 +66,14 @@ class Trainer:
 
 def build_discriminator(cfg: TrainConfig, backbone_weights: str | None) -> nn.Module:
     """``--discriminator``: the projected D (frozen backbone + random projections) or a pixel baseline."""
+    k = cfg.generator.num_classes
     if cfg.discriminator == "fastgan":
         return FastGANDiscriminator(cfg.generator.resolution, cfg.d_width)
     if cfg.discriminator == "dcgan":
-        return DCGANDiscriminator(cfg.generator.resolution, cfg.d_width)
+        return DCGANDiscriminator(cfg.generator.resolution, cfg.d_width, num_classes=k)
     feats = FeatureNetwork(cfg.backbone, backbone_weights, cfg.projection, backbone_resolution(cfg), seed=cfg.seed + 1)
-    return ProjectedDiscriminator(feats, cfg.num_discs)
+    # separable mini-discriminators with the StyleGAN2 generator, as the paper's code configures it
+    return ProjectedDiscriminator(feats, cfg.num_discs, num_classes=k, separable=cfg.generator.arch == "stylegan2")
 
 
 def build(cfg: TrainConfig, rt: dist.Runtime, backbone_weights: str | None = None) -> Trainer:
@@ -86,7 +88,7 @@ def build(cfg: TrainConfig, rt: dist.Runtime, backbone_weights: str | None = Non
     precision = dist.resolve_precision(cfg.precision, rt.device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        G = Generator(cfg.generator, spectral=True)
+        G = build_generator(cfg.generator, spectral=True)
         D = build_discriminator(cfg, backbone_weights)
     # Under torch.compile, inductor picks conv layouts itself; hand-set channels_last there made
     # torch 2.11's inductor assert on a conv-backward stride (D frozen in the G step) on an H100.
@@ -130,17 +132,21 @@ def _accumulate(t: Trainer, **values: torch.Tensor) -> None:
         t.stats[k] = t.stats[k] + v if k in t.stats else v
 
 
-def d_step(t: Trainer, reals: torch.Tensor) -> None:
+def _D(t: Trainer, x: torch.Tensor, c: torch.Tensor | None):
+    return t.D_fwd(x) if c is None else t.D_fwd(x, c)
+
+
+def d_step(t: Trainer, reals: torch.Tensor, c: torch.Tensor | None = None) -> None:
     """Hinge loss on augmented reals vs augmented fakes (G frozen for this step); FastGAN's D adds
-    its reconstruction loss on the reals."""
+    its reconstruction loss on the reals. ``c``: the reals' classes, also given to the fakes."""
     with torch.no_grad(), _autocast(t):
-        fakes = t.G_fwd(_latents(t, reals.shape[0]))
+        fakes = t.G_fwd(_latents(t, reals.shape[0]), c)
     with _autocast(t):
         if isinstance(t.D, FastGANDiscriminator):
             real_logits, recon = t.D_fwd(_prep(t, reals), reconstruct=True)
         else:
-            real_logits, recon = t.D_fwd(_prep(t, reals)), None
-        fake_logits = t.D_fwd(_prep(t, fakes.float()))
+            real_logits, recon = _D(t, _prep(t, reals), c), None
+        fake_logits = _D(t, _prep(t, fakes.float()), c)
         loss = d_hinge_loss(real_logits, fake_logits)
         if recon is not None:
             loss = loss + recon
@@ -158,14 +164,15 @@ def d_step(t: Trainer, reals: torch.Tensor) -> None:
         _accumulate(t, loss_recon=recon)
 
 
-def g_step(t: Trainer, n: int) -> None:
-    """-D(G(z)) through the augmentation (and the frozen feature network); D's weights get no grad."""
+def g_step(t: Trainer, n: int, c: torch.Tensor | None = None) -> None:
+    """-D(G(z)) through the augmentation (and the frozen feature network); D's weights get no grad.
+    ``c``: classes of the fakes (conditional models)."""
     trainable = t.opt_D.param_groups[0]["params"]
     for p in trainable:
         p.requires_grad_(False)
     try:
         with _autocast(t):
-            loss = g_loss(t.D_fwd(_prep(t, t.G_fwd(_latents(t, n)))))
+            loss = g_loss(_D(t, _prep(t, t.G_fwd(_latents(t, n), c)), c))
         t.opt_G.zero_grad(set_to_none=True)
         t.scaler_G.scale(loss).backward()
     finally:
@@ -177,12 +184,13 @@ def g_step(t: Trainer, n: int) -> None:
     _accumulate(t, loss_G=loss)
 
 
-def train_step(t: Trainer, reals: torch.Tensor, cur_nimg: int) -> int:
-    """One D step, one G step, one EMA update. Returns the new image count (global batch added)."""
+def train_step(t: Trainer, reals: torch.Tensor, cur_nimg: int, c: torch.Tensor | None = None) -> int:
+    """One D step, one G step, one EMA update. Returns the new image count (global batch added).
+    ``c``: class indices of the reals for a conditional model (the fakes get the same classes)."""
     if t.cfg.lr_schedule != "constant":
         apply_schedule(t.opt_G, t.opt_D, t.cfg, cur_nimg)
-    d_step(t, reals)
-    g_step(t, reals.shape[0])
+    d_step(t, reals, c)
+    g_step(t, reals.shape[0], c)
     cur_nimg += t.cfg.batch
     beta = ema_beta(t.cfg.batch, cur_nimg, t.cfg.ema_half_life_kimg, t.cfg.ema_rampup)
     update_ema(t.G_ema, t.G, beta)
