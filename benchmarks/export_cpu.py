@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from projgan import artifacts  # noqa: E402
 from projgan.generator import sample_latents  # noqa: E402
 from projgan.hardware import machine  # noqa: E402
-from projgan.serve.backends import OnnxRuntimeBackend  # noqa: E402
+from projgan.serve.onnxruntime import OnnxRuntimeBackend  # noqa: E402
 from tests.conftest import make_generator  # noqa: E402
 
 NOTES = "Shared 2-core machine: other engineers' jobs ran at the same time (see loadavg_before), so wall times are pessimistic and noisy; compare rows within this file. The export's wall time is dominated by the parity certificate (64 seeds through 4 backends, plus batches of 1 and 7). ONNX Runtime's CPU provider runs the fp16 file with inserted casts where it lacks fp16 kernels; the fp16 file is meant for GPUs (ONNX Runtime CUDA, TensorRT)."

@@ -29,6 +29,16 @@ def rows() -> list[str]:
                 f"| {r['label']}, batch {r['batch']} | {r['images_per_s']:.2f} img/s, p50 {r['latency_ms']['p50']:.0f} ms, "
                 f"{100 * r['fraction_of_peak']:.0f}% of peak | cpu_generator256.json |"
             )
+    for f in sorted(HERE.glob("generator_*_cpu.json")):  # `pipeline bench --generator ARCH`: one file per arch
+        g = json.loads(f.read_text())
+        gen, m = g["generator"], g["machine"]
+        best = max(g["results"], key=lambda r: r["images_per_s"])
+        out.append(
+            f"| {gen['arch']} generator {gen['resolution']} px, ngf {gen['ngf']} ({g['gflop_per_image']:.1f} GFLOP/img, "
+            f"{gen['params'] / 1e6:.1f} M params) | {m['cpu']}, {m['cores']} cores | best of "
+            f"{', '.join(sorted({r['label'] for r in g['results']}))}: {best['label']}, batch {best['batch']} "
+            f"| {best['images_per_s']:.2f} img/s, {100 * best['fraction_of_peak']:.0f}% of peak | {f.name} |"
+        )
     t = _load("train_cpu.json")
     if t:
         for r in t["results"]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -156,3 +157,72 @@ def measure(backend, ref: Reference, n: int, max_ratio: float, chunk: int, advan
     if backend.truncation:
         info["psi"] = PSI
     return {**info, **verdict(_fd(feats, ref.a[:n]), ref.floor(n), n, max_ratio, info["extractor"])}
+
+
+class Checker:
+    """The drift check of one certificate (``reduced``: its reduced-precision candidates, each with a ``key``
+    and a ``device``); torch fp32's features are made once, at the first of them."""
+
+    def __init__(self, export_dir: Path, cfg, reduced: list, chunk: int, progress):
+        self.export_dir, self.cfg, self.chunk, self.progress = export_dir, cfg, chunk, progress
+        self.n_max = max((images_for(cfg.drift_images, c.device) for c in reduced), default=0)
+        self.ref = None
+
+    def _open_fp32(self, device: str):
+        from projgan import artifacts
+        from projgan.serve import backends
+
+        G, config = artifacts.load_generator(self.export_dir / artifacts.GENERATOR_DIR)
+        return backends.TorchBackend(G, config, device, "fp32")
+
+    def _tracked(self, label: str, total: int, fn):
+        task = self.progress.add_task(label, total=total)
+        try:
+            return fn(lambda n: self.progress.advance(task, n))
+        finally:
+            self.progress.remove_task(task)
+
+    def measure(self, c, b) -> dict[str, Any]:
+        import time
+
+        from projgan.hardware import resolve_device
+
+        t0 = time.perf_counter()
+        if self.ref is None:  # where generation is fastest: thousands of images on a GPU
+            device, n = resolve_device("auto"), self.n_max
+            self.ref = self._tracked(
+                "fp32 drift ref",
+                2 * n,
+                lambda adv: reference(self._open_fp32, self.cfg.drift_extractor, device, n, self.chunk, adv),
+            )
+        n = images_for(self.cfg.drift_images, c.device)
+        entry = self._tracked(
+            f"{c.key} drift",
+            n,
+            lambda adv: measure(b, self.ref, n, self.cfg.drift_max_ratio, self.chunk, adv),
+        )
+        return {**entry, "reference_device": self.ref.device, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def cell(d: dict[str, Any] | None) -> str:
+    """The certificate table's drift cell: ratio @ images, red when it failed."""
+    if d is None:
+        return "-"
+    if "ratio" not in d:
+        return "[red]error[/]"
+    text = f"{'inf' if d['ratio'] is None else format(d['ratio'], '.2g')} @{d['images']}"
+    return text if d["passed"] else f"[red]{text}[/]"
+
+
+def summary(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest's word on the drift check: which extractor, which mark, how many images per backend."""
+    entries = {k: e["drift"] for k, e in results.items() if "ratio" in e.get("drift", {})}
+    if not entries:
+        return None
+    first = next(iter(entries.values()))
+    keep = ("extractor", "identity", "feature_dim", "max_ratio", "reference_device")
+    return {
+        **{k: first[k] for k in keep if k in first},
+        "images": {k: e["images"] for k, e in entries.items()},
+        "rule": "FD(backend, torch fp32) on seeds 0..n-1 / FD(torch fp32 on seeds 0..n-1, on n..2n-1) <= max_ratio",
+    }

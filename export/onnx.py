@@ -26,9 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from projgan.artifacts import W_FILES
 from projgan.errors import UserError
 from projgan.generator import input_names
-from projgan.serve.backends import W_FILES, WMapping, WSynthesis
+from projgan.stylegan2 import WMapping, WSynthesis
 
 INPUT, OUTPUT, BATCH = "z", "image", "batch"
 W_OUTPUT = "w"

@@ -38,6 +38,7 @@ from projgan import artifacts
 from projgan import similarity as metrics
 from projgan.config import ExportConfig, GeneratorConfig
 from projgan.errors import UserError
+from projgan.export import drift
 from projgan.generator import classes_for_seeds, sample_latents
 from projgan.serve import backends
 
@@ -162,47 +163,6 @@ def _judge_combinations(ref, out, combos, seeds, reduced: bool, t) -> tuple[dict
     return m, True, metrics.judge(m, reduced, t)[1] + f" ({', '.join(c.label for c in combos)})", parts
 
 
-class _Drift:
-    """The drift check of one certificate; torch fp32's features are made once, at the first reduced backend."""
-
-    def __init__(self, export_dir: Path, cfg: ExportConfig, todo: list[Candidate], chunk: int, progress):
-        from projgan.export import drift
-
-        self.export_dir, self.cfg, self.chunk, self.progress = export_dir, cfg, chunk, progress
-        self.n_max = max((drift.images_for(cfg.drift_images, c.device) for c in todo if c.reduced), default=0)
-        self.ref = None
-
-    def _open_fp32(self, device: str) -> backends.Backend:
-        G, config = artifacts.load_generator(self.export_dir / artifacts.GENERATOR_DIR)
-        return backends.TorchBackend(G, config, device, "fp32")
-
-    def _tracked(self, label: str, total: int, fn):
-        task = self.progress.add_task(label, total=total)
-        try:
-            return fn(lambda n: self.progress.advance(task, n))
-        finally:
-            self.progress.remove_task(task)
-
-    def measure(self, c: Candidate, b: backends.Backend) -> dict[str, Any]:
-        from projgan.export import drift
-
-        t0 = time.perf_counter()
-        if self.ref is None:  # where generation is fastest: thousands of images on a GPU
-            device, n = backends.resolve_device("auto"), self.n_max
-            self.ref = self._tracked(
-                "fp32 drift ref",
-                2 * n,
-                lambda adv: drift.reference(self._open_fp32, self.cfg.drift_extractor, device, n, self.chunk, adv),
-            )
-        n = drift.images_for(self.cfg.drift_images, c.device)
-        entry = self._tracked(
-            f"{c.key} drift",
-            n,
-            lambda adv: drift.measure(b, self.ref, n, self.cfg.drift_max_ratio, self.chunk, adv),
-        )
-        return {**entry, "reference_device": self.ref.device, "seconds": round(time.perf_counter() - t0, 2)}
-
-
 def certify(export_dir: str | Path, cfg: ExportConfig, with_trt: bool = False, console=None) -> dict[str, Any]:
     """Run the certificate on a built export folder; returns ``{key: entry}`` (see module doc).
 
@@ -229,7 +189,7 @@ def certify(export_dir: str | Path, cfg: ExportConfig, with_trt: bool = False, c
         console=console,
         transient=True,
     ) as progress:
-        drifts = _Drift(export_dir, cfg, todo, chunk, progress)
+        drifts = drift.Checker(export_dir, cfg, [c for c in todo if c.reduced], chunk, progress)
         for c in todo:
             task = progress.add_task(c.key, total=len(z) * len(combos))
             t0 = time.perf_counter()
@@ -285,7 +245,7 @@ def certify(export_dir: str | Path, cfg: ExportConfig, with_trt: bool = False, c
                 "passed": bool(ok),
                 "reason": reason,
             }
-        if ref is not None and all((export_dir / f).exists() for f in backends.W_FILES.values()):
+        if ref is not None and all((export_dir / f).exists() for f in artifacts.W_FILES.values()):
             results[backends.W_PARITY_KEY] = _w_space(export_dir, device, z, combos, ref, chunk, t)
     if not results.get("torch-fp32", {}).get("passed", False):
         for key, entry in results.items():
@@ -314,7 +274,7 @@ def _w_space(export_dir: Path, device: str, z, combos, ref, chunk: int, t) -> di
     """The w-space graphs (fp32): w against torch fp32's mapping, and ONNX Runtime's synthesis of
     its own w against torch fp32's full images, so interpolating in w serves the certified model."""
     t0 = time.perf_counter()
-    w_files = tuple(export_dir / backends.W_FILES[k] for k in ("mapping", "synthesis"))
+    w_files = tuple(export_dir / artifacts.W_FILES[k] for k in ("mapping", "synthesis"))
     try:
         G, config = artifacts.load_generator(export_dir / artifacts.GENERATOR_DIR)
         torch_b = backends.TorchBackend(G, config, "cpu", "fp32")
@@ -401,7 +361,7 @@ def table(results: dict[str, Any], t: metrics.Thresholds):
             "-" if ref else f"{e['psnr']:.1f}",
             "-" if ref else f"{e['psnr_min']:.1f} @{e['psnr_min_seed']}",
             "-" if ref else f"{e['ssim_min']:.4f} @{e['ssim_min_seed']}",
-            _drift_cell(e.get("drift")),
+            drift.cell(e.get("drift")),
             f"{e['ref_std']:.3f}",
             ",".join(map(str, bi["sizes"])) + ("" if bi["passed"] else " [red]differ[/]"),
             result,
@@ -414,36 +374,13 @@ def table(results: dict[str, Any], t: metrics.Thresholds):
     if combos:
         labels = ", ".join(c["label"] for c in combos)
         tab.caption += f"; each row covers {labels} (each judged on its own: export.json, combinations)"
-    d = drift_summary(results)
+    d = drift.summary(results)
     if d:
         tab.caption += (
             f"; drift: FD to fp32 on the same n seeds <= {d['max_ratio']:g} x FD of fp32 on two disjoint "
             f"n-seed sets ({d['extractor']} features)"
         )
     return tab
-
-
-def _drift_cell(d: dict[str, Any] | None) -> str:
-    if d is None:
-        return "-"
-    if "ratio" not in d:
-        return "[red]error[/]"
-    text = f"{'inf' if d['ratio'] is None else format(d['ratio'], '.2g')} @{d['images']}"
-    return text if d["passed"] else f"[red]{text}[/]"
-
-
-def drift_summary(results: dict[str, Any]) -> dict[str, Any] | None:
-    """The manifest's word on the drift check: which extractor, which mark, how many images per backend."""
-    entries = {k: e["drift"] for k, e in results.items() if "ratio" in e.get("drift", {})}
-    if not entries:
-        return None
-    first = next(iter(entries.values()))
-    keep = ("extractor", "identity", "feature_dim", "max_ratio", "reference_device")
-    return {
-        **{k: first[k] for k in keep if k in first},
-        "images": {k: e["images"] for k, e in entries.items()},
-        "rule": "FD(backend, torch fp32) on seeds 0..n-1 / FD(torch fp32 on seeds 0..n-1, on n..2n-1) <= max_ratio",
-    }
 
 
 def failures(results: dict[str, Any]) -> list[str]:

@@ -20,6 +20,7 @@ from rich.console import Console
 from projgan import artifacts, hardware, similarity
 from projgan.config import ExportConfig
 from projgan.errors import UserError
+from projgan.export import drift
 from projgan.export import onnx as onnx_export
 from projgan.generator import input_names
 
@@ -101,7 +102,7 @@ def _build(tmp: Path, src: Path, cfg: ExportConfig, console: Console, state: dic
         )
     w_info = None
     if g.truncation:
-        from projgan.serve.backends import W_FILES
+        from projgan.artifacts import W_FILES
 
         with _step(console, f"ONNX w space -> {', '.join(W_FILES.values())}") as note:
             w_info = onnx_export.export_w_space(G, tmp, cfg.opset, max_batch=max(hi, 1024))
@@ -211,7 +212,7 @@ def _build(tmp: Path, src: Path, cfg: ExportConfig, console: Console, state: dic
         "parity_seeds": cfg.parity_seeds,
         "parity_inputs": [c.describe() for c in parity.combinations(g, range(cfg.parity_seeds))],
         "parity": results,
-        "drift": parity.drift_summary(results),
+        "drift": drift.summary(results),
         "versions": _versions(trt_info["built"]),
         "files": {
             f.relative_to(tmp).as_posix(): {"sha256": artifacts.sha256_file(f), "bytes": f.stat().st_size}
@@ -224,7 +225,7 @@ def _build(tmp: Path, src: Path, cfg: ExportConfig, console: Console, state: dic
 def _fp16_with_probe(tmp: Path, cfg: ExportConfig, fp16_export) -> dict[str, Any]:
     """Convert; if a quick probe on 8 seeds misses the thresholds, keep the fragile ends in fp32."""
     from projgan.generator import sample_latents
-    from projgan.serve.backends import OnnxRuntimeBackend
+    from projgan.serve.onnxruntime import OnnxRuntimeBackend
 
     src, dst = tmp / artifacts.ONNX_FP32, tmp / artifacts.ONNX_FP16
     info = fp16_export.convert(src, dst)

@@ -43,6 +43,7 @@ SAMPLES_DIR = "samples"
 MANIFEST = "export.json"
 ONNX_FP32 = "generator.onnx"
 ONNX_FP16 = "generator.fp16.onnx"
+W_FILES = {"mapping": "generator.mapping.onnx", "synthesis": "generator.synthesis.onnx"}  # style exports: w space
 TRT_PLAN = "generator.fp16.plan"
 
 

@@ -456,6 +456,10 @@ def bench(
     backbone_resolution: int | None = typer.Option(
         None, help="Backbone input size \\[default: the run's, else 224 below 224 px].", rich_help_panel=_TRAIN_PANEL
     ),
+    generator: str = typer.Option(
+        "", help="No SOURCE: time a randomly initialised fastgan | stylegan2 generator (with --resolution, --ngf)."
+    ),
+    num_classes: int = typer.Option(0, help="With --generator: a conditional generator of this many classes."),
 ):
     """Throughput, latency percentiles and FLOPs per backend and batch size, or training seconds per kimg."""
     from projgan.config import BenchConfig
@@ -471,11 +475,20 @@ def bench(
                         channels_last=_onoff(channels_last, "--channels-last"), compile=_onoff(compile, "--compile"),
                         steps=10 if repeats is None else repeats, warmup=warmup, threads=threads, out=out)
         return
+    synthetic = None
+    if generator and not source:  # a random-init generator of that architecture: FLOPs and speed per arch
+        from projgan.config import GeneratorConfig
+
+        synthetic = GeneratorConfig(resolution=resolution or 256, ngf=ngf or 128, arch=generator.strip().lower(),
+                                    num_classes=num_classes)
+        overrides.update(resolution=None, ngf=None)
+    elif generator or num_classes:
+        raise UserError("--generator/--num-classes describe a synthetic generator", "drop SOURCE to use them")
     train_only = [f"--{k.replace('_', '-')}" for k, v in {**overrides, **grid}.items() if v not in (None, "")]
     if train_only:
         raise UserError(f"{', '.join(train_only)} apply to --train only", "add --train, or drop them")
-    if not source:
-        raise UserError("nothing to benchmark", "pass an export, run or generator directory (or --train)")
+    if not source and synthetic is None:
+        raise UserError("nothing to benchmark", "pass an export, run or generator directory (or --train, or --generator)")
     cfg = BenchConfig(
         source=source,
         backends=tuple(b for b in backends.split(",") if b),
@@ -488,7 +501,7 @@ def bench(
     )
     from projgan.evaluation.bench import bench as run_bench
 
-    run_bench(cfg)
+    run_bench(cfg, generator=synthetic)
 
 
 def _choices(text: str, name: str, allowed: tuple[str, ...]) -> tuple[str, ...]:

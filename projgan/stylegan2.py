@@ -278,3 +278,28 @@ def flops_per_image(cfg: GeneratorConfig) -> float:
         with FlopCounterMode(display=False) as fc, torch.no_grad():
             G(z, c)
     return fc.get_total_flops() / 2
+
+
+# ---------------------------------------------------------------- w-space views (export, serving)
+
+
+class WMapping(nn.Module):
+    """A style generator's ``mapping`` as ``(z, c, psi) -> w [B, w_dim]`` (every layer gets the same w)."""
+
+    def __init__(self, G: nn.Module):
+        super().__init__()
+        self.G = G
+
+    def forward(self, z, c=None, psi=None):
+        return self.G.mapping(z, c=c, psi=psi)[:, 0]
+
+
+class WSynthesis(nn.Module):
+    """A style generator's ``synthesis`` from one w per image, broadcast to its ``num_ws`` layers."""
+
+    def __init__(self, G: nn.Module):
+        super().__init__()
+        self.G = G
+
+    def forward(self, w):
+        return self.G.synthesis(w.unsqueeze(1).expand(-1, self.G.num_ws, -1))

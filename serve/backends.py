@@ -21,43 +21,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from projgan import artifacts
 from projgan.config import RESOLUTIONS, GeneratorConfig
 from projgan.errors import UserError
 from projgan.generator import classes_for_seeds, input_names, model_inputs, run_torch, sample_latents, to_uint8
 from projgan.hardware import cpu_has_fast_bf16, resolve_device
+from projgan.stylegan2 import WMapping, WSynthesis
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 SELF_CHECK_SEEDS = 4  # seeds a reduced-precision torch backend must pass at load
 SELF_CHECK_PSI = (1.0, 0.7)  # style models: the self-check alternates these truncations
-W_FILES = {"mapping": "generator.mapping.onnx", "synthesis": "generator.synthesis.onnx"}  # style exports
 W_PARITY_KEY = "onnxruntime-w"  # the certificate's entry for the w-space graphs
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 log = logging.getLogger("projgan.serve")
-
-
-class WMapping(nn.Module):
-    """A style generator's ``mapping`` as ``(z, c, psi) -> w [B, w_dim]`` (every layer gets the same w)."""
-
-    def __init__(self, G: nn.Module):
-        super().__init__()
-        self.G = G
-
-    def forward(self, z, c=None, psi=None):
-        return self.G.mapping(z, c=c, psi=psi)[:, 0]
-
-
-class WSynthesis(nn.Module):
-    """A style generator's ``synthesis`` from one w per image, broadcast to its ``num_ws`` layers."""
-
-    def __init__(self, G: nn.Module):
-        super().__init__()
-        self.G = G
-
-    def forward(self, w):
-        return self.G.synthesis(w.unsqueeze(1).expand(-1, self.G.num_ws, -1))
 
 
 def check_inputs(cfg: GeneratorConfig, names) -> None:
@@ -292,158 +269,6 @@ class TorchBackend(Backend):
         return self._call(lambda t: self._image(t["w"]), {"w": w})
 
 
-def _ort_session(path: Path, device: str, precision: str):
-    """An ONNX Runtime session with providers chosen from what the machine really has."""
-    try:
-        import onnxruntime as ort
-    except ImportError as e:
-        raise UserError(f"onnxruntime is not installed ({e})", "pip install onnxruntime-gpu") from None
-    available = ort.get_available_providers()
-    # Only ask for CUDA where torch sees a GPU: asking on a CPU-only machine prints long errors.
-    if device == "cuda" and "CUDAExecutionProvider" in available:
-        # fp32 means fp32: TF32 convolutions would miss the certificate's 1e-4 tolerance.
-        cuda_opts = {"use_tf32": "0"} if precision == "fp32" else {}
-        providers = [("CUDAExecutionProvider", cuda_opts), "CPUExecutionProvider"]
-    elif device == "cuda":
-        raise UserError("ONNX Runtime has no CUDA provider here", "pip install onnxruntime-gpu, or use --device cpu")
-    else:
-        providers = ["CPUExecutionProvider"]
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-    except Exception as e:
-        raise UserError(f"cannot load {path}: {str(e).splitlines()[0]}", "re-run pipeline export") from None
-
-
-def graph_config(session) -> GeneratorConfig:
-    """The GeneratorConfig an exported graph records in its metadata, checked against its inputs.
-
-    A graph with only ``z`` and no usable record (an export older than classes) is unconditional FastGAN.
-    """
-    names = [i.name for i in session.get_inputs()]
-    meta = session.get_modelmeta().custom_metadata_map
-    z = next((i for i in session.get_inputs() if i.name == "z"), None)
-    if z is None or len(z.shape) != 2 or not isinstance(z.shape[1], int):
-        raise UserError(f"the graph's inputs {names} have no z [batch, z_dim]", "export it with pipeline export")
-    try:
-        cfg = GeneratorConfig.from_dict(json.loads(meta["generator"])) if "generator" in meta else None
-    except (UserError, TypeError, ValueError):
-        cfg = None
-    if cfg is None:
-        out = session.get_outputs()[0].shape[-1]
-        cfg = plain_config(int(z.shape[1]), out if isinstance(out, int) else 0)
-    if cfg.z_dim != z.shape[1]:
-        raise UserError(f"the graph's z is [batch, {z.shape[1]}] but its metadata says z_dim {cfg.z_dim}")
-    check_inputs(cfg, names)
-    return cfg
-
-
-def _check_w_graphs(cfg: GeneratorConfig, mapping, synthesis, paths) -> None:
-    """The w-space pair must be what export writes: the model's inputs -> w, and w -> image."""
-    m_in, m_out = [i.name for i in mapping.get_inputs()], [o.name for o in mapping.get_outputs()]
-    s_in = [i.name for i in synthesis.get_inputs()]
-    if set(m_in) != set(input_names(cfg)) or m_out != ["w"] or s_in != ["w"]:
-        raise UserError(
-            f"{paths[0]} and {paths[1]} are not this model's w-space graphs "
-            f"(mapping {m_in} -> {m_out}, synthesis {s_in})",
-            "re-run pipeline export",
-        )
-
-
-class OnnxRuntimeBackend(Backend):
-    """ONNX Runtime with providers chosen from what the machine really has; IOBinding on CUDA.
-
-    ``w_graphs`` (mapping, synthesis): a style export's certified w-space graphs, for ``map_w``/``synthesize_w``.
-    """
-
-    def __init__(
-        self,
-        onnx_path: Path,
-        device: str,
-        precision: str,
-        info: dict[str, Any] | None = None,
-        w_graphs: tuple[Path, Path] | None = None,
-    ):
-        self.session = _ort_session(Path(onnx_path), device, precision)
-        cfg = graph_config(self.session)
-        out = self.session.get_outputs()[0]
-        self.output_name = out.name
-        self.input_name = "z"
-        resolution = int(out.shape[-1]) if isinstance(out.shape[-1], int) else 0
-        super().__init__(
-            "onnxruntime", device, precision, resolution, cfg.z_dim, self.session.get_providers(), cfg=cfg
-        )
-        self.info = dict(info or {})
-        self.info["file"] = str(onnx_path)
-        self.w_sessions = None
-        if w_graphs is not None:
-            if not cfg.truncation:
-                raise UserError(f"{onnx_path} is not a style model: it has no w space")
-            self.w_sessions = tuple(_ort_session(Path(p), device, "fp32") for p in w_graphs)
-            _check_w_graphs(cfg, *self.w_sessions, w_graphs)
-            self.supports_w = True
-            self.info["w_files"] = [str(p) for p in w_graphs]
-
-    def _session_run(self, session, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        output = session.get_outputs()[0].name
-        if self.device != "cuda":
-            return session.run([output], feeds)[0]
-        binding = session.io_binding()
-        for name, value in feeds.items():
-            binding.bind_cpu_input(name, value)
-        binding.bind_output(output, "cuda")
-        session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()[0]
-
-    def _run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        out = self._session_run(self.session, inputs)
-        if not self.resolution:
-            self.resolution = int(out.shape[-1])
-        return out
-
-    def _map_w(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        return self._session_run(self.w_sessions[0], inputs)
-
-    def _synthesize(self, w: np.ndarray) -> np.ndarray:
-        return self._session_run(self.w_sessions[1], {"w": w})
-
-
-class TensorRTBackend(Backend):
-    """A serialized TensorRT plan, run by ``projgan.serve.tensorrt`` (built by ``projgan.export.tensorrt_build``).
-
-    ``cfg``: the export's generator config (from its manifest); a plan with more inputs than ``z`` needs it.
-    """
-
-    def __init__(self, plan_path: Path, info: dict[str, Any] | None = None, cfg: GeneratorConfig | None = None):
-        from projgan.serve import tensorrt as trt_runtime
-
-        self.runner = trt_runtime.EngineRunner(plan_path)
-        if cfg is None:
-            if self.runner.input_names != ("z",):
-                raise UserError(
-                    f"{plan_path} takes {list(self.runner.input_names)}: serve its export directory",
-                    "the manifest there says what the classes are",
-                )
-            cfg = plain_config(self.runner.z_dim, self.runner.resolution)
-        check_inputs(cfg, self.runner.input_names)
-        super().__init__(
-            "tensorrt",
-            "cuda",
-            "fp16",
-            self.runner.resolution,
-            self.runner.z_dim,
-            ["TensorRT"],
-            dict(info or {}, file=str(plan_path)),
-            max_batch=self.runner.max_batch,
-            cfg=cfg,
-        )
-
-    def _run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.runner.run(inputs)
-
-
 # ---------------------------------------------------------------- choosing and loading
 
 
@@ -480,13 +305,13 @@ def load_backend(
     if src.is_file() and src.suffix == ".onnx":
         if backend not in ("auto", "onnxruntime"):
             raise UserError(f"{src} is an ONNX file: use --backend onnxruntime")
-        return OnnxRuntimeBackend(src, device, "fp16" if ".fp16" in src.name else "fp32")
+        return _onnxruntime().OnnxRuntimeBackend(src, device, "fp16" if ".fp16" in src.name else "fp32")
     if src.is_file() and src.suffix in (".plan", ".engine"):
         if backend not in ("auto", "tensorrt"):
             raise UserError(f"{src} is a TensorRT engine: use --backend tensorrt")
         beside = src.parent / artifacts.MANIFEST  # its export's config says what the extra inputs are
         cfg = _manifest_config(artifacts.read_manifest(src.parent, verify=False)) if beside.exists() else None
-        return TensorRTBackend(src, cfg=cfg)
+        return _tensorrt().TensorRTBackend(src, cfg=cfg)
 
     manifest = None
     if (src / artifacts.MANIFEST).exists():
@@ -509,8 +334,8 @@ def load_backend(
     plan = src / artifacts.TRT_PLAN
     onnx16, onnx32 = src / artifacts.ONNX_FP16, src / artifacts.ONNX_FP32
     w_graphs = None
-    if all(f in files for f in W_FILES.values()) and usable(W_PARITY_KEY):
-        w_graphs = (src / W_FILES["mapping"], src / W_FILES["synthesis"])
+    if all(f in files for f in artifacts.W_FILES.values()) and usable(W_PARITY_KEY):
+        w_graphs = (src / artifacts.W_FILES["mapping"], src / artifacts.W_FILES["synthesis"])
     candidates: list[str] = [backend] if backend != "auto" else []
     if backend == "auto":
         if device == "cuda":
@@ -527,7 +352,7 @@ def load_backend(
                 reasons.append("tensorrt: engine failed parity (use --force to serve it anyway)")
                 continue
             try:
-                return TensorRTBackend(plan, info("tensorrt"), cfg)
+                return _tensorrt().TensorRTBackend(plan, info("tensorrt"), cfg)
             except UserError as e:
                 if backend != "auto":
                     raise
@@ -539,7 +364,7 @@ def load_backend(
             for key, path in order:
                 if path.name in files and usable(key):
                     try:
-                        return OnnxRuntimeBackend(path, device, key.split("-")[1], info(key), w_graphs)
+                        return _onnxruntime().OnnxRuntimeBackend(path, device, key.split("-")[1], info(key), w_graphs)
                     except UserError as e:
                         if backend != "auto":
                             raise
@@ -567,3 +392,25 @@ def load_backend(
 
 def describe_json(b: Backend) -> str:
     return json.dumps(b.describe(), default=str)
+
+
+def _onnxruntime():
+    """serve/onnxruntime.py, imported when first used (it subclasses Backend from this module)."""
+    from projgan.serve import onnxruntime
+
+    return onnxruntime
+
+
+def _tensorrt():
+    """serve/tensorrt.py, imported when first used (``tensorrt`` itself only when an engine is opened)."""
+    from projgan.serve import tensorrt
+
+    return tensorrt
+
+
+def __getattr__(name: str):  # the ONNX Runtime and TensorRT backends live in their own modules; reachable here
+    if name in ("OnnxRuntimeBackend", "graph_config"):
+        return getattr(_onnxruntime(), name)
+    if name == "TensorRTBackend":
+        return _tensorrt().TensorRTBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

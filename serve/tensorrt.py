@@ -12,10 +12,13 @@ so it is tested where TensorRT is absent.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from projgan.config import GeneratorConfig
 from projgan.errors import UserError
+from projgan.serve.backends import Backend, check_inputs, plain_config
 
 MIN_MAJOR = 10
 
@@ -170,3 +173,35 @@ class EngineRunner:
                 raise RuntimeError("TensorRT execute_async_v3 failed")
             self.stream.synchronize()
             return out[:b].float().cpu().numpy()
+
+
+class TensorRTBackend(Backend):
+    """A serialized TensorRT plan, run by ``projgan.serve.tensorrt`` (built by ``projgan.export.tensorrt_build``).
+
+    ``cfg``: the export's generator config (from its manifest); a plan with more inputs than ``z`` needs it.
+    """
+
+    def __init__(self, plan_path: Path, info: dict[str, Any] | None = None, cfg: GeneratorConfig | None = None):
+        self.runner = EngineRunner(plan_path)
+        if cfg is None:
+            if self.runner.input_names != ("z",):
+                raise UserError(
+                    f"{plan_path} takes {list(self.runner.input_names)}: serve its export directory",
+                    "the manifest there says what the classes are",
+                )
+            cfg = plain_config(self.runner.z_dim, self.runner.resolution)
+        check_inputs(cfg, self.runner.input_names)
+        super().__init__(
+            "tensorrt",
+            "cuda",
+            "fp16",
+            self.runner.resolution,
+            self.runner.z_dim,
+            ["TensorRT"],
+            dict(info or {}, file=str(plan_path)),
+            max_batch=self.runner.max_batch,
+            cfg=cfg,
+        )
+
+    def _run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.runner.run(inputs)

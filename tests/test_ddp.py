@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from projgan import artifacts
@@ -73,6 +74,7 @@ train(cfg, feature_extractor=SlowExtractor())
 '''
 
 
+@pytest.mark.slow  # 14 s; `make test-slow` (the two-process run below stays in the default suite)
 def test_rank0_only_fid_longer_than_the_step_timeout_does_not_break_the_group(tmp_path):
     """The other rank waits for rank 0's FID on a long-timeout group, not in a step collective."""
     data = make_law_dataset(tmp_path / "data", "disk", n=16, resolution=32)

@@ -311,9 +311,9 @@ def test_style_psi_truncates_toward_the_class_average(style):
 
 def test_style_w_space_graphs_serve_interpolation(style):
     m = artifacts.read_manifest(style)
-    assert set(backends.W_FILES.values()) <= set(m["files"])
+    assert set(artifacts.W_FILES.values()) <= set(m["files"])
     assert m["w_space"]["mapping"]["inputs"] == ["z", "class", "psi"] and m["w_space"]["synthesis"]["inputs"] == ["w"]
-    assert graph_inputs(style / backends.W_FILES["synthesis"]) == [("w", onnx.TensorProto.FLOAT, ["batch", Z])]
+    assert graph_inputs(style / artifacts.W_FILES["synthesis"]) == [("w", onnx.TensorProto.FLOAT, ["batch", Z])]
     seeds = [3, 4, 5]
     z, c = sample_latents(seeds, Z), classes_for_seeds(seeds, 2)
     imgs = {}

@@ -131,3 +131,37 @@ def test_to_uint8_and_slerp():
     path = slerp(a, b, np.linspace(0, 1, 5))
     np.testing.assert_allclose(path[0], a, atol=1e-5)
     np.testing.assert_allclose(path[-1], b, atol=1e-5)
+
+
+def test_a_format_1_artifact_loads_exports_and_serves_as_before(tmp_path):
+    """Artifacts written before classes and style models existed (format_version 1, four generator keys) read
+    as the unconditional FastGAN they are: same images, one ONNX input z, served by the torch backend."""
+    import json
+
+    import onnx
+
+    from projgan.export.onnx import export_fp32
+    from projgan.generator import input_names
+    from projgan.serve.backends import load_backend
+
+    torch.manual_seed(0)
+    G = Generator(GeneratorConfig(resolution=32, ngf=8)).eval()
+    src = artifacts.save_generator(tmp_path / "generator", G)
+    config = json.loads((src / artifacts.CONFIG_JSON).read_text())
+    assert config["format_version"] == 2 and config["generator"]["arch"] == "fastgan"
+    config["format_version"] = 1
+    config["generator"] = {k: config["generator"][k] for k in ("resolution", "z_dim", "ngf", "channels")}
+    (src / artifacts.CONFIG_JSON).write_text(json.dumps(config))
+
+    old, _ = artifacts.load_generator(src)
+    assert old.cfg == GeneratorConfig(resolution=32, ngf=8) and input_names(old.cfg) == ("z",)
+    z = torch.from_numpy(sample_latents(range(4), 256))
+    with torch.no_grad():
+        assert torch.equal(old(z), G(z))
+    export_fp32(old, tmp_path / "g.onnx")
+    assert [i.name for i in onnx.load(str(tmp_path / "g.onnx")).graph.input] == ["z"]
+    backend = load_backend(src, "torch", "cpu", "fp32")
+    try:
+        assert np.array_equal(backend.generate(z.numpy()), to_uint8(G(z).detach()))
+    finally:
+        backend.close()

@@ -89,7 +89,7 @@ def test_no_bare_stage_imports():
 
 def test_export_uses_serve_only_for_its_runners():
     """Parity runs the same backend code serving runs; nothing else of serve (app, batcher, UI) is export's."""
-    runners = {"projgan.serve.backends", "projgan.serve.tensorrt", "projgan.serve"}
+    runners = {"projgan.serve.backends", "projgan.serve.onnxruntime", "projgan.serve.tensorrt", "projgan.serve"}
     for path in sorted((ROOT / "export").glob("*.py")):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):

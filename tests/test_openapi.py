@@ -85,6 +85,7 @@ def test_schema_and_validation_agree_on_edge_bodies(url):
     assert wrapped.headers["x-seeds"] == f"{2**32 - 1},0"
 
 
+@pytest.mark.slow  # 8 s; `make test-slow` (the unkeyed schemathesis run stays in the default suite)
 def test_schemathesis_keyed_server_accepts_what_its_schema_allows(gen):
     """Bounded fuzz of every operation with schema-valid data and the key: no 5xx, never a 422 or 401."""
     cfg = ServeConfig(source=str(gen), backend="torch", device="cpu", max_batch=8, max_images=8, api_key=KEY, ui=False)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from projgan import artifacts
 from projgan.evaluation.laws import make_law_dataset
 from projgan.quickstart import quickstart
@@ -20,6 +22,7 @@ def test_quickstart_on_a_law_folder_reports_the_law_score(tmp_path, monkeypatch)
     assert (run / "summary.png").stat().st_size > 1000 and (run / artifacts.LAW_PLOT).exists()
 
 
+@pytest.mark.slow  # 17 s; `make test-slow` (the law-folder quickstart stays in the default suite)
 def test_quickstart_on_an_ordinary_folder_reports_the_fid_proxy(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     data = make_images(tmp_path / "pics", n=40, size=40)

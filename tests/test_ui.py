@@ -63,7 +63,7 @@ def batch_count(url: str) -> float:
 
 
 @pytest.mark.browser
-@pytest.mark.parametrize("kind", ["torch", "onnxruntime"])
+@pytest.mark.parametrize("kind", ["torch", pytest.param("onnxruntime", marks=pytest.mark.slow)])  # ORT: make test-slow
 def test_ui_generates_interpolates_and_fits_a_phone(kind, generator_64, browser, tmp_path):
     source = generator_64
     if kind == "onnxruntime":
