@@ -26,32 +26,47 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs chromium (apt-get install chromium)"))
 
 
-def make_generator(dest, resolution: int = 32, ngf: int = 16, target_std: float = 0.5, seed: int = 0, meta=None):
+def make_generator(dest, resolution: int = 32, ngf: int = 16, target_std: float = 0.5, seed: int = 0, meta=None,
+                   **arch):
     """Write a generator artifact whose outputs span the range (std ~ target_std on [-1, 1]).
 
-    A randomly initialised FastGAN outputs nearly constant images (std ~0.04), which makes parity
-    numbers meaningless; scaling the last conv gives realistic contrast without training.
+    A randomly initialised generator outputs nearly flat images (FastGAN std ~0.04), which makes parity
+    numbers meaningless. FastGAN: BatchNorm calibrated on one batch, the last conv scaled; StyleGAN2: the
+    per-class w averages set to the mean w of 64 seeds (so psi = 0 is a real image), the ToRGB convs scaled.
+    ``arch``: more GeneratorConfig fields (``arch``, ``num_classes``, ``class_names``, ``z_dim``).
     """
     from projgan import artifacts
     from projgan.config import GeneratorConfig
-    from projgan.generator import Generator, sample_latents
+    from projgan.generator import build_generator, classes_for_seeds, sample_latents
 
     torch.manual_seed(seed)
-    G = Generator(GeneratorConfig(resolution=resolution, ngf=ngf))
-    z = torch.from_numpy(sample_latents(range(64), G.cfg.z_dim))
+    G = build_generator(GeneratorConfig(resolution=resolution, ngf=ngf, **arch))
+    cfg = G.cfg
+    z = torch.from_numpy(sample_latents(range(64), cfg.z_dim))
+    c = torch.from_numpy(classes_for_seeds(range(64), cfg.num_classes)) if cfg.conditional else None
     with torch.no_grad():
-        # Calibrate BatchNorm on one batch so features vary spatially, then scale the last conv.
-        for m in G.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.momentum = None
-                m.reset_running_stats()
-        G.train()
-        G(z)
-        G.eval()
-        G.to_rgb.bias.zero_()
-        for _ in range(3):
-            pre = torch.atanh(G(z).clamp(-0.999, 0.999))
-            G.to_rgb.weight.mul_(target_std / max(float(pre.std()), 1e-6))
+        if cfg.arch == "fastgan":
+            # Calibrate BatchNorm on one batch so features vary spatially, then scale the last conv.
+            for m in G.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.momentum = None
+                    m.reset_running_stats()
+            G.train()
+            G(z, c)
+            G.eval()
+            G.to_rgb.bias.zero_()
+            for _ in range(3):
+                pre = torch.atanh(G(z, c).clamp(-0.999, 0.999))
+                G.to_rgb.weight.mul_(target_std / max(float(pre.std()), 1e-6))
+        else:
+            G.eval()
+            w = G.mapping(z, c)[:, 0]
+            for k in range(len(G.w_avg)):
+                G.w_avg[k] = w[c == k].mean(0) if c is not None else w.mean(0)
+            scale = target_std / float(G(z, c).std())
+            for rgb in G.synthesis_net.torgb.values():
+                rgb.conv.weight.mul_(scale)
+                rgb.bias.zero_()
     artifacts.save_generator(dest, G, meta or {"kimg": 0.0})
     return dest
 

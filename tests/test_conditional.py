@@ -1,6 +1,10 @@
-"""Class-conditional training end to end, as a user runs it: a 2-class folder whose classes are trivially
-separable (red discs, blue discs), `pipeline train --cond` for a few kimg on the CPU, `pipeline export
---fp16`, `pipeline serve`; asking for "red" must give red images and "blue" blue ones (mean R - B).
+"""Class-conditional training end to end, as a user runs it: a 3-class folder whose classes are trivially
+separable (red, green and blue discs), `pipeline train --cond` for a few kimg on the CPU, `pipeline export
+--fp16`, `pipeline serve`; asking for a class must give discs of its colour.
+
+Three classes, not two: a generator whose discriminator ignored the class would still split its output by
+the class input (the easiest switch between the data's modes), but in an arbitrary order; with two classes
+that order is right half the time, with three one time in six.
 """
 
 from __future__ import annotations
@@ -23,11 +27,11 @@ from projgan.serve.app import create_app
 from projgan.serve.threaded import background_server
 
 ROOT = Path(__file__).resolve().parents[1]
-COLOURS = {"blue": (40, 60, 230), "red": (230, 40, 40)}
+COLOURS = {"blue": (40, 60, 230), "green": (40, 200, 40), "red": (230, 40, 40)}
 
 
-def make_class_folder(root: Path, n: int = 150, size: int = 32) -> Path:
-    """``root/red/*.png`` and ``root/blue/*.png``: a disc of the class colour on grey, random place and size."""
+def make_class_folder(root: Path, n: int = 100, size: int = 32) -> Path:
+    """``root/<colour>/*.png`` per class: a disc of the class colour on grey, random place and size."""
     rng = np.random.default_rng(0)
     for name, colour in COLOURS.items():
         (root / name).mkdir(parents=True)
@@ -46,11 +50,15 @@ def redness(images: np.ndarray) -> np.ndarray:
     return x[..., 0].mean(axis=(1, 2)) - x[..., 2].mean(axis=(1, 2))
 
 
-def coloured_pixels(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per image: how many pixels are clearly red (R - B > 100) and clearly blue (B - R > 100)."""
+def coloured_pixels(images: np.ndarray) -> np.ndarray:
+    """Per image and channel (R, G, B): how many pixels are clearly of that colour (that channel exceeds
+    both others by 100 levels)."""
     x = images.astype(np.int64)
-    d = x[..., 0] - x[..., 2]
-    return (d > 100).sum(axis=(1, 2)), (d < -100).sum(axis=(1, 2))
+    out = []
+    for k in range(3):
+        others = np.delete(x, k, axis=-1).max(axis=-1)
+        out.append((x[..., k] - others > 100).sum(axis=(1, 2)))
+    return np.stack(out, axis=1)
 
 
 def pipeline(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -70,17 +78,22 @@ def trained(tmp_path_factory):
     return data, run, r.stdout
 
 
+NAMES = sorted(COLOURS)  # the class folders, in the order training indexes them: blue, green, red
+CHANNEL = {"red": 0, "green": 1, "blue": 2}
+
+
 def test_train_records_the_classes_and_draws_one_row_per_class(trained):
     data, run, stdout = trained
-    assert "2 classes (first-level folders): blue 150, red 150; balanced class sampling" in stdout
+    assert "3 classes (first-level folders): blue 100, green 100, red 100; balanced class sampling" in stdout
     saved = json.loads((run / artifacts.TRAIN_CONFIG).read_text())
-    assert saved["cond"] is True and saved["generator"]["class_names"] == ["blue", "red"]
+    assert saved["cond"] is True and saved["generator"]["class_names"] == NAMES
     G, config = artifacts.load_generator(run)
-    assert G.cfg.num_classes == 2 and config["generator"]["class_names"] == ["blue", "red"]
+    assert G.cfg.num_classes == 3 and config["generator"]["class_names"] == NAMES
     grid = np.asarray(Image.open(sorted((run / "samples").glob("kimg*.png"))[-1]))
-    assert grid.shape[0] == 2 * 32  # one row per class
-    top, bottom = redness(grid[None, :32]), redness(grid[None, 32:])
-    assert top[0] < 0 < bottom[0], (top, bottom)  # row 0 is "blue", row 1 "red"
+    assert grid.shape[0] == 3 * 32  # one row per class
+    for row, name in enumerate(NAMES):  # each row's clearly coloured pixels are mostly of its class's colour
+        counts = coloured_pixels(grid[None, row * 32 : (row + 1) * 32])[0]
+        assert counts.argmax() == CHANNEL[name], (name, counts)
 
 
 def test_exported_and_served_classes_give_the_right_colour(trained, tmp_path):
@@ -95,24 +108,25 @@ def test_exported_and_served_classes_give_the_right_colour(trained, tmp_path):
     seeds = list(range(16))
     with background_server(create_app(cfg)) as url:
         card = httpx.get(f"{url}/v1/model", timeout=30).json()
-        assert card["class_names"] == ["blue", "red"]
+        assert card["class_names"] == NAMES
         got = {}
-        for name in ("red", "blue", 1, 0):
+        for name in (*NAMES, 0, 1, 2):
             resp = httpx.post(f"{url}/v1/generate", json={"seeds": seeds, "class": name, "format": "npy"}, timeout=60)
             assert resp.status_code == 200, resp.text
             got[name] = np.load(io.BytesIO(resp.content))
-        bad = httpx.post(f"{url}/v1/generate", json={"seeds": [1], "class": "green"}, timeout=30)
-    red, blue = redness(got["red"]), redness(got["blue"])
-    print(f"R-B levels: red {np.round(red, 1)}, blue {np.round(blue, 1)}")
-    # Every image has more pixels of its own class's colour than of the other's (an early model may still
-    # draw a faint disc for some seeds, never one of the wrong colour), and the colour means are far apart.
-    (r_of_red, b_of_red), (r_of_blue, b_of_blue) = coloured_pixels(got["red"]), coloured_pixels(got["blue"])
-    print(f"clearly red/blue pixels: red class {r_of_red}/{b_of_red}, blue class {r_of_blue}/{b_of_blue}")
-    assert (r_of_red >= b_of_red).all() and (b_of_blue >= r_of_blue).all()
-    assert (r_of_red > 0).mean() >= 0.5 and (b_of_blue > 0).mean() >= 0.5  # most seeds draw their disc (11 and 14 of 16)
-    assert red.mean() > 10 and blue.mean() < -10 and (red > blue).all(), (red, blue)
-    assert np.array_equal(got["red"], got[1]) and np.array_equal(got["blue"], got[0])  # names and indices agree
-    assert bad.status_code == 422 and "blue" in bad.text and "red" in bad.text
+        bad = httpx.post(f"{url}/v1/generate", json={"seeds": [1], "class": "purple"}, timeout=30)
+    print("R-B levels:", {n: np.round(redness(got[n]), 1).tolist() for n in NAMES})
+    for name in NAMES:
+        # Every image has at least as many pixels of its own class's colour as of either other (an early model
+        # may still draw a faint disc for some seeds, never one of another colour), and most seeds draw one.
+        counts = coloured_pixels(got[name])
+        own = counts[:, CHANNEL[name]]
+        print(f"clearly R/G/B pixels, class {name}: {counts.tolist()}")
+        assert (own[:, None] >= counts).all(), (name, counts)
+        assert (own > 0).mean() >= 0.5, (name, own)
+    assert redness(got["red"]).mean() > 10 and redness(got["blue"]).mean() < -10
+    assert all(np.array_equal(got[name], got[i]) for i, name in enumerate(NAMES))  # names and indices agree
+    assert bad.status_code == 422 and all(n in bad.text for n in NAMES)
 
 
 def test_evaluate_per_class_gives_a_row_per_class_and_the_whole(trained, tmp_path):
@@ -122,11 +136,11 @@ def test_evaluate_per_class_gives_a_row_per_class_and_the_whole(trained, tmp_pat
     cfg = EvalConfig(source=str(run), data=str(data), num_images=40, metrics=("fid",), extractor="proxy",
                      backend="torch", device="cpu", batch=20, per_class=True, out=str(tmp_path / "e.jsonl"))
     rows = evaluate(cfg, cache_dir=tmp_path, progress=False)
-    assert [r.get("class") for r in rows] == ["blue", "red", "all"]
-    assert [r["num_reals"] for r in rows] == [150, 150, 300]
+    assert [r.get("class") for r in rows] == [*NAMES, "all"]
+    assert [r["num_reals"] for r in rows] == [100, 100, 100, 300]
     assert all(np.isfinite(r["fid"]) and r["fid"] >= 0 for r in rows)
     with pytest.raises(UserError, match="unknown class"):
-        evaluate(EvalConfig(source=str(run), data=str(data), metrics=("fid",), class_name="green"), progress=False)
+        evaluate(EvalConfig(source=str(run), data=str(data), metrics=("fid",), class_name="purple"), progress=False)
 
 
 def test_cond_refuses_data_without_class_folders(tmp_path, image_folder):
@@ -137,3 +151,26 @@ def test_cond_refuses_data_without_class_folders(tmp_path, image_folder):
         scan_classes(cfg.data)
     with pytest.raises(UserError, match="fastgan"):
         TrainConfig(data="x", out="y", cond=True, discriminator="fastgan")
+
+
+@pytest.mark.parametrize("discriminator", ["projected", "dcgan"])
+def test_the_discriminator_judges_each_image_with_its_own_class(discriminator):
+    """The projection term: the same image scored as another class gets another logit, a class-free
+    model refuses to be called without one, and a sample's logits do not depend on its batch mates' classes."""
+    import torch
+
+    from projgan.config import GeneratorConfig
+    from projgan.train import step
+
+    cfg = TrainConfig(data="x", out="y", generator=GeneratorConfig(resolution=32, ngf=8, num_classes=3), batch=4,
+                      discriminator=discriminator, d_width=16, backbone_weights="none", device="cpu", cond=True)
+    torch.manual_seed(0)
+    D = step.build_discriminator(cfg, None).eval()
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        a = torch.cat(D(x, torch.tensor([0, 1, 2, 0])), 1)
+        b = torch.cat(D(x, torch.tensor([1, 1, 2, 2])), 1)
+    assert not torch.allclose(a[0], b[0]) and not torch.allclose(a[3], b[3])  # class changed: logits change
+    assert torch.allclose(a[1:3], b[1:3], atol=1e-5)  # same class, other batch mates' classes changed
+    with pytest.raises(ValueError, match="class"):
+        D(x, None)

@@ -16,52 +16,23 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from projgan import artifacts, similarity
-from projgan.config import ExportConfig, GeneratorConfig
+from projgan.config import ExportConfig
 from projgan.errors import UserError
 from projgan.export.pipeline import export
-from projgan.generator import build_generator, classes_for_seeds, model_inputs, run_torch, sample_latents
+from projgan.generator import classes_for_seeds, model_inputs, run_torch, sample_latents
 from projgan.serve import backends
 from projgan.serve import tensorrt as trt_runtime
+from tests.conftest import make_generator
 
 SEEDS, DRIFT, Z = 6, 16, 64
 NAMES = ("cat", "dog")
 
 
 def make_model(dest, arch: str = "fastgan", num_classes: int = 2, target_std: float = 0.5, seed: int = 0):
-    """A generator artifact with realistic output contrast (random init is nearly flat).
-
-    FastGAN: BatchNorm calibrated on one batch, the last conv scaled; StyleGAN2: w_avg tracked over a few
-    train-mode batches (so truncation moves somewhere real), the ToRGB convs scaled.
-    """
-    torch.manual_seed(seed)
-    cfg = GeneratorConfig(resolution=32, ngf=8, z_dim=Z, arch=arch, num_classes=num_classes,
-                          class_names=NAMES[:num_classes] if num_classes == 2 else ())
-    G = build_generator(cfg)
-    seeds = range(64)
-    z = torch.from_numpy(sample_latents(seeds, Z))
-    c = torch.from_numpy(classes_for_seeds(seeds, num_classes)) if num_classes else None
-    with torch.no_grad():
-        if arch == "fastgan":
-            for m in G.modules():
-                if isinstance(m, torch.nn.BatchNorm2d):
-                    m.momentum = None
-                    m.reset_running_stats()
-        G.train()
-        for _ in range(1 if arch == "fastgan" else 20):
-            G(z, c=c)
-        G.eval()
-        if arch == "fastgan":
-            G.to_rgb.bias.zero_()
-            for _ in range(3):
-                pre = torch.atanh(G(z, c=c).clamp(-0.999, 0.999))
-                G.to_rgb.weight.mul_(target_std / max(float(pre.std()), 1e-6))
-        else:
-            scale = target_std / float(G(z, c=c).std())
-            for rgb in G.synthesis_net.torgb.values():
-                rgb.conv.weight.mul_(scale)
-                rgb.bias.zero_()
-    artifacts.save_generator(dest, G, {"kimg": 0.0})
-    return dest
+    """A 32 px generator of ``arch`` with realistic output contrast (tests.conftest.make_generator)."""
+    names = NAMES[:num_classes] if num_classes == 2 else ()
+    return make_generator(dest, ngf=8, target_std=target_std, seed=seed, z_dim=Z, arch=arch,
+                          num_classes=num_classes, class_names=names)
 
 
 def do_export(root, arch: str, num_classes: int = 2, **kw):
@@ -229,8 +200,6 @@ def test_tensorrt_feeds_are_named_padded_and_split_together():
 
 def test_old_exports_without_the_new_fields_still_serve(tmp_path):
     """A version-1 manifest and an ONNX whose metadata predates classes: unconditional FastGAN, unchanged."""
-    from tests.conftest import make_generator
-
     src = make_generator(tmp_path / "generator", resolution=32, ngf=8)
     out = tmp_path / "exp"
     assert export(ExportConfig(source=str(src), out=str(out), parity_seeds=2, drift_images=DRIFT))

@@ -15,12 +15,11 @@ import zipfile
 import httpx
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from projgan import artifacts
-from projgan.config import GeneratorConfig, ServeConfig
-from projgan.generator import build_generator, classes_for_seeds, run_torch, sample_latents
+from projgan.config import ServeConfig
+from projgan.generator import sample_latents
 from projgan.serve.app import create_app
 from projgan.serve.backends import load_backend
 from projgan.serve.threaded import background_server
@@ -31,30 +30,8 @@ ALLOWED = "red, blue (or 0..1)"
 
 
 def conditional_generator(dest, arch: str):
-    """A 32 px, 2-class generator with realistic contrast: BatchNorm calibrated over both classes (FastGAN),
-    or the per-class w averages set to the mean w of 64 seeds (StyleGAN2, so psi = 0 is a real image)."""
-    torch.manual_seed(1)
-    cfg = GeneratorConfig(resolution=32, ngf=8, z_dim=32, arch=arch, num_classes=2, class_names=NAMES)
-    G = build_generator(cfg)
-    z = torch.from_numpy(sample_latents(range(64), cfg.z_dim))
-    c = torch.from_numpy(classes_for_seeds(range(64), 2))
-    with torch.no_grad():
-        if arch == "fastgan":
-            for m in G.modules():
-                if isinstance(m, torch.nn.BatchNorm2d):
-                    m.momentum = None
-                    m.reset_running_stats()
-            G.train()
-            run_torch(G, {"z": z, "class": c})
-            G.eval()
-            pre = torch.atanh(run_torch(G, {"z": z, "class": c}).clamp(-0.999, 0.999))
-            G.to_rgb.weight.mul_(0.5 / max(float(pre.std()), 1e-6))
-        else:
-            G.eval()
-            w = G.mapping(z, c)[:, 0]
-            for k in range(2):
-                G.w_avg[k] = w[c == k].mean(0)
-    return artifacts.save_generator(dest, G, {"kimg": 0.0})
+    """A 32 px, 2-class generator of ``arch`` with realistic contrast (tests.conftest.make_generator)."""
+    return make_generator(dest, ngf=8, seed=1, z_dim=32, arch=arch, num_classes=2, class_names=NAMES)
 
 
 def serve(source, **kw):
@@ -62,24 +39,23 @@ def serve(source, **kw):
     return background_server(create_app(cfg))
 
 
-@pytest.fixture(scope="module")
-def cond(tmp_path_factory):
-    """(URL, reference backend) for the 2-class FastGAN."""
-    gen = conditional_generator(tmp_path_factory.mktemp("cond") / "generator", "fastgan")
+def _served(tmp_path_factory, arch: str):
+    """(URL, reference backend) for a 2-class generator of ``arch``."""
+    gen = conditional_generator(tmp_path_factory.mktemp(arch) / "generator", arch)
     ref = load_backend(gen, "torch", "cpu", "fp32")
     with serve(gen) as url:
         yield url, ref
     ref.close()
+
+
+@pytest.fixture(scope="module")
+def cond(tmp_path_factory):
+    yield from _served(tmp_path_factory, "fastgan")
 
 
 @pytest.fixture(scope="module")
 def style(tmp_path_factory):
-    """(URL, reference backend) for the 2-class StyleGAN2."""
-    gen = conditional_generator(tmp_path_factory.mktemp("style") / "generator", "stylegan2")
-    ref = load_backend(gen, "torch", "cpu", "fp32")
-    with serve(gen) as url:
-        yield url, ref
-    ref.close()
+    yield from _served(tmp_path_factory, "stylegan2")
 
 
 @pytest.fixture(scope="module")
