@@ -315,12 +315,64 @@ class Rings:
         return Parse(True, params={"fg": fg, "left": left, "cx": cx, "cy": cy, "size": size})
 
 
+class FreeColourDiscs:
+    """One disc of any colour on a plain ground of any colour: both drawn uniformly from the RGB cube
+    (rejected until they differ by at least ``min_contrast``), so no palette helps a generator that
+    drops colours. Parameters: cx, cy, size and the six colour channels (all continuous).
+    """
+
+    continuous = ("cx", "cy", "size", "fg_r", "fg_g", "fg_b", "bg_r", "bg_g", "bg_b")
+    categorical: dict = {}
+    size_range = (0.3, 0.5)
+    min_contrast = 0.6  # RGB distance between disc and ground
+    flat = 0.08  # median distance of ground pixels to the ground colour (and disc pixels to the disc's)
+    name = "colourdiscs"
+
+    def sample(self, rng: np.random.Generator) -> dict:
+        while True:
+            fg, bg = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
+            if np.linalg.norm(fg - bg) >= self.min_contrast:
+                break
+        size = float(rng.uniform(*self.size_range))
+        r = size / np.sqrt(np.pi) + 0.04
+        cx, cy = (float(v) for v in rng.uniform(r, 1 - r, 2))
+        return {"cx": cx, "cy": cy, "size": size, **{f"fg_{c}": float(v) for c, v in zip("rgb", fg, strict=True)},
+                **{f"bg_{c}": float(v) for c, v in zip("rgb", bg, strict=True)}}
+
+    def render(self, p: dict, res: int) -> np.ndarray:
+        fg = tuple(p[f"fg_{c}"] for c in "rgb")
+        img = np.broadcast_to(np.asarray([p[f"bg_{c}"] for c in "rgb"], np.float32), (res, res, 3)).copy()
+        img = _paint(img, _soft(_sdf("circle", p["cx"], p["cy"], p["size"], 0.0, res)), fg)
+        return _to_uint8(img)
+
+    def parse(self, image: np.ndarray) -> Parse:
+        img = image.astype(np.float32) / 255
+        border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
+        bg = np.median(border, axis=0)
+        obj, why = _one_object(np.linalg.norm(img - bg, axis=-1) > MASK_THRESHOLD, self.size_range, "disc")
+        if obj is None:
+            return Parse(False, why)
+        fg = np.median(img[obj], axis=0)
+        if np.linalg.norm(fg - bg) < self.min_contrast - COLOR_TOL:
+            return Parse(False, "disc and ground too alike")
+        if (np.median(np.linalg.norm(img[~obj] - bg, axis=-1)) > self.flat
+                or np.median(np.linalg.norm(img[obj] - fg, axis=-1)) > self.flat):
+            return Parse(False, "ground or disc not of one colour")
+        _, cx, cy, size, _, iou = _fit(obj, ("circle",))
+        if iou < IOU_MIN:
+            return Parse(False, "object shape not a disc")
+        return Parse(True, params={"cx": cx, "cy": cy, "size": size,
+                                   **{f"fg_{c}": float(v) for c, v in zip("rgb", fg, strict=True)},
+                                   **{f"bg_{c}": float(v) for c, v in zip("rgb", bg, strict=True)}})
+
+
 LAWS = {
     "shapes": Shapes(),
     "disk": Shapes("disk", kinds=("circle",), fg=("white",), bg=("charcoal",)),
     "discs": Shapes("discs", kinds=("circle",)),
     "dots": Dots(),
     "rings": Rings(),
+    "colourdiscs": FreeColourDiscs(),
 }
 
 

@@ -8,13 +8,12 @@ import pytest
 import torch
 
 from projgan.errors import UserError
+from projgan.train.backbone_weights import load_backbone_weights, resolve_backbone_weights
 from projgan.train.features import (
     CCM_CHANNELS,
     CSM_CHANNELS,
     STRIDES,
     FeatureNetwork,
-    load_backbone_weights,
-    resolve_backbone_weights,
 )
 
 BACKBONE = "tf_efficientnet_lite0"
@@ -187,6 +186,7 @@ def test_weights_errors_are_user_errors(tmp_path, monkeypatch):
 
 
 def test_pretrained_offline_fails_fast_with_what_to_do(monkeypatch, tmp_path):
+    """A backbone no installed package covers (resnet18), offline with an empty cache."""
     import huggingface_hub.constants as hf_constants
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -194,7 +194,7 @@ def test_pretrained_offline_fails_fast_with_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf"))  # an empty cache, whatever this machine has
     t0 = time.time()
     with pytest.raises(UserError) as e:
-        resolve_backbone_weights(BACKBONE, "pretrained")
+        resolve_backbone_weights("resnet18", "pretrained")
     assert time.time() - t0 < 5
     assert "--backbone-weights" in e.value.hint and "huggingface.co" in e.value.hint
 

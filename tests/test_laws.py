@@ -63,3 +63,15 @@ def test_dots_are_counted():
     for p in law_params("dots", 30, 2):
         got = law.parse(law.render(p, 64))
         assert got.valid and got.params["count"] == p["count"]
+
+
+def test_free_colour_discs_need_flat_colours_and_all_of_the_rgb_cube():
+    law = LAWS["colourdiscs"]
+    p = law_params("colourdiscs", 1, 3)[0]
+    img = law.render(p, 32)
+    assert law.parse(img).valid
+    textured = np.clip(img.astype(np.int16) + np.random.default_rng(0).integers(-40, 41, img.shape), 0, 255)
+    assert law.parse(textured.astype(np.uint8)).reason == "ground or disc not of one colour"
+    one_scheme = [{**q, **{k: p[k] for k in p if k[:3] in ("fg_", "bg_")}} for q in law_params("colourdiscs", 60, 4)]
+    s = law_score(np.stack([law.render(q, 32) for q in one_scheme]), "colourdiscs")
+    assert s["valid"] == 1 and s["collapsed"] and s["per_param"]["fg_r"]["spread"] < 0.05

@@ -294,17 +294,41 @@ def _rows_safe(run):
         return []
 
 
-def test_pretrained_backbone_offline_is_one_clear_line_at_start(tmp_path):
+def _offline_env(tmp_path) -> dict:
+    """No network, empty Hugging Face and torch hub caches: a new user's machine."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "th"),
+            "OMP_NUM_THREADS": "2"}
+
+
+def test_pretrained_offline_trains_on_the_installed_weights(tmp_path):
+    """The default --backbone-weights pretrained starts offline, on the weights package, and says so."""
+    from projgan.train.backbone_weights import PACKAGES, package_file
+
     cfg = tiny_cfg(tmp_path)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "th")}
+    r = subprocess.run(
+        [sys.executable, "-m", "projgan", "train", "--data", cfg.data, "--out", str(tmp_path / "run"),
+         "--resolution", "32", "--ngf", "16", "--batch", "4", "--kimg", "0.004", "--metrics", "none",
+         "--backbone-resolution", "32", "--device", "cpu"],
+        capture_output=True, text=True, timeout=300, env=_offline_env(tmp_path),
+    )
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert "RANDOM" not in r.stdout
+    info = json.loads((tmp_path / "run" / artifacts.TRAIN_CONFIG).read_text())["backbone_info"]
+    assert info["weights"] == "pretrained" and PACKAGES["tf_efficientnet_lite0"].distribution in info["source"]
+    assert info["sha256"] == artifacts.sha256_file(package_file("tf_efficientnet_lite0")[0])
+
+
+def test_pretrained_backbone_missing_offline_is_one_clear_line_at_start(tmp_path):
+    """A backbone whose weights no installed package ships (resnet18), offline with empty caches."""
+    cfg = tiny_cfg(tmp_path)
     t0 = time.time()
     r = subprocess.run(
         [sys.executable, "-m", "projgan", "train", "--data", cfg.data, "--out", str(tmp_path / "run"),
-         "--resolution", "32", "--metrics", "none", "--backbone-weights", "pretrained"],
-        capture_output=True, text=True, timeout=120, env=env,
+         "--resolution", "32", "--metrics", "none", "--backbone", "resnet18"],
+        capture_output=True, text=True, timeout=120, env=_offline_env(tmp_path),
     )
     assert r.returncode == 2, (r.stdout, r.stderr)
-    assert "pretrained tf_efficientnet_lite0 weights" in r.stderr and "--backbone-weights PATH" in r.stderr
+    assert "pretrained resnet18 weights" in r.stderr and "--backbone-weights PATH" in r.stderr
     assert "Traceback" not in r.stderr and time.time() - t0 < 60
     assert not (tmp_path / "run" / artifacts.TRAINING_STATE).exists()
 

@@ -12,162 +12,24 @@ so G learns through it.
 
 from __future__ import annotations
 
-import os
-import socket
-import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from projgan.errors import UserError
+from projgan.train.backbone_weights import load_backbone_weights
 
 STRIDES = (4, 8, 16, 32)
 CCM_CHANNELS = (64, 128, 256, 512)  # cout 64, expanded x2 per scale
 CSM_CHANNELS = (64, 64, 128, 256)  # each fusion halves the channels, except the finest
-HF_FILES = ("model.safetensors", "pytorch_model.bin")
 # Nominal map sizes, fixed from a 256 px reference whatever the data resolution (the paper's code does
 # this: it found the same number of down blocks per discriminator works best at every resolution).
 REFERENCE_RESOLUTION = 256
 
 
-# ---------------------------------------------------------------- weights
-
-
-def _reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
-    """A TCP connect with a hard deadline (DNS included, which socket timeouts do not bound).
-
-    Hand-written because the library is worse here: offline, ``hf_hub_download`` retries for 23 s
-    (measured, huggingface_hub 2.4) before it gives up; this says "unreachable" in 3.
-    """
-    ok = [False]
-
-    def probe():
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            ok[0] = True
-        except OSError:
-            pass
-
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout + 0.5)
-    return ok[0]
-
-
-def resolve_backbone_weights(backbone: str, weights: str) -> str | None:
-    """``none`` -> None (random init); ``PATH`` -> that file; ``pretrained`` -> a local file.
-
-    ``pretrained`` looks in the Hugging Face and torch hub caches first and downloads only when
-    the hub answers within seconds; offline it fails at once with what to download and where to
-    put it (timm alone would retry for ~40 s and end in a traceback).
-    """
-    if weights == "none":
-        return None
-    if weights != "pretrained":
-        p = Path(weights).expanduser()
-        if not p.is_file():
-            raise UserError(
-                f"--backbone-weights {weights}: no such file",
-                "pass a local state dict (.safetensors/.pth), 'pretrained' or 'none'",
-            )
-        return str(p)
-
-    import timm
-
-    cfg = timm.models.get_pretrained_cfg(backbone)
-    if cfg is None or not (cfg.hf_hub_id or cfg.url):
-        raise UserError(f"timm has no pretrained weights for {backbone!r}", "pass --backbone-weights PATH or none")
-    if cfg.hf_hub_id:
-        from huggingface_hub import try_to_load_from_cache
-
-        for name in HF_FILES:
-            hit = try_to_load_from_cache(cfg.hf_hub_id, name)
-            if isinstance(hit, str):
-                return hit
-    if cfg.url:  # torch.hub has no cache-only lookup: its download cache is this folder
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg.url)
-        if cached.is_file():
-            return str(cached)
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
-    where = f"https://huggingface.co/{cfg.hf_hub_id}/resolve/main/model.safetensors" if cfg.hf_hub_id else cfg.url
-    if offline or not _reachable(endpoint.split(":")[0]):
-        raise UserError(
-            f"pretrained {backbone} weights are not cached and {endpoint} cannot be reached",
-            f"download {where} and pass --backbone-weights PATH (or --backbone-weights none: random init, "
-            "much slower convergence)",
-        )
-    if cfg.hf_hub_id:
-        from huggingface_hub import hf_hub_download
-
-        for name in HF_FILES:
-            try:
-                return hf_hub_download(cfg.hf_hub_id, name)
-            except Exception:  # noqa: BLE001 - try the next file name, report below
-                continue
-    raise UserError(f"could not download pretrained {backbone} weights", f"download {where} and pass its path")
-
-
-def describe_weights(weights: str, path: str | None) -> dict:
-    """What the run records about the backbone's weights: where they came from, their sha256, random or not."""
-    if path is None:
-        return {"weights": "random", "source": "none", "sha256": None}
-    from projgan.artifacts import sha256_file
-
-    return {"weights": "pretrained", "source": "pretrained" if weights == "pretrained" else str(Path(path).resolve()),
-            "sha256": sha256_file(path)}
-
-
-def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """A state dict from .safetensors or a torch file, without unpickling arbitrary objects."""
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            sd = load_file(path)
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot load backbone weights {path}: {msg}", "pass a .safetensors or .pth state dict") from None
-    for wrapper in ("state_dict", "model"):  # common checkpoint wrappers around the weights
-        if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict):
-            sd = sd[wrapper]
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise UserError(f"cannot load backbone weights {path}: not a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in sd.items()}
-
-
-def load_backbone_weights(model: nn.Module, backbone: str, path: str) -> None:
-    """Load ``path`` into a timm ``features_only`` model, strictly.
-
-    timm loads ``features_only`` models non-strictly, so a file with the wrong keys would load
-    nothing and leave a random feature network: the worst silent failure a Projected GAN can have.
-    Every key the feature model needs must be in the file with its shape; the file may hold more
-    only where the full classifier has it (its head).
-    """
-    import timm
-
-    sd = _read_state_dict(path)
-    need = model.state_dict()
-    known = set(timm.create_model(backbone, pretrained=False).state_dict()) | set(need)
-    missing = [k for k in need if k not in sd]
-    unexpected = [k for k in sd if k not in known]
-    wrong = [k for k in need if k in sd and tuple(sd[k].shape) != tuple(need[k].shape)]
-    if missing or unexpected or wrong:
-        matched = len(need) - len(missing) - len(wrong)
-        parts = [f"{len(v)} {name} (e.g. {', '.join(v[:3])})"
-                 for name, v in (("missing", missing), ("unexpected", unexpected), ("with other shapes", wrong)) if v]
-        raise UserError(
-            f"--backbone-weights {path} does not fit {backbone}: {matched}/{len(need)} keys matched; "
-            + "; ".join(parts),
-            f"pass the state dict of timm's {backbone} (torch.save(timm.create_model('{backbone}', "
-            "pretrained=True).state_dict(), PATH)) or --backbone-weights none",
-        )
-    model.load_state_dict({k: sd[k] for k in need}, strict=True)
+# ---------------------------------------------------------------- network
 
 
 def check_backbone_weights(backbone: str, path: str) -> None:
@@ -176,9 +38,6 @@ def check_backbone_weights(backbone: str, path: str) -> None:
 
     load_backbone_weights(timm.create_model(backbone, features_only=True, out_indices=_stage_indices(backbone)),
                           backbone, path)
-
-
-# ---------------------------------------------------------------- network
 
 
 def _stage_indices(backbone: str) -> tuple[int, ...]:

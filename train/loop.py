@@ -24,8 +24,9 @@ from projgan import artifacts
 from projgan.config import TrainConfig
 from projgan.errors import UserError
 from projgan.train import dist, samples, step
+from projgan.train.backbone_weights import describe_weights, resolve_backbone_weights
 from projgan.train.dataset import ImageDataset, check_resolution, conditional_classes, load_images, scan_classes
-from projgan.train.features import check_backbone_weights, describe_weights, resolve_backbone_weights
+from projgan.train.features import check_backbone_weights
 
 console = Console()
 # Options that change the networks or the optimiser state: a resumed run must keep them.
