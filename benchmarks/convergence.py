@@ -216,7 +216,7 @@ def main() -> None:
     result = {"about": "benchmarks/convergence.py: law score against kimg and CPU minutes per discriminator",
               "versions": versions(), "runs": keep + runs}
     artifacts.atomic_write_json(path, result)
-    plot([r for r in result["runs"] if r["law"] == args.law], args.law, out / f"curves_{args.law}.png")
+    plot([r for r in result["runs"] if r.get("law") == args.law], args.law, out / f"curves_{args.law}.png")
     for r in runs:
         best = max(r["curve"], key=lambda c: c["law_valid"])
         print(f"{r['setting']:40s} {r['sec_per_kimg_cpu']:6.1f} cpu-s/kimg  final {r['curve'][-1]}  best valid "

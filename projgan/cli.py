@@ -71,6 +71,10 @@ def train(
         "projected", help="projected (the paper) | fastgan | dcgan (baselines that see pixels)."
     ),
     d_width: int = typer.Option(64, help="Base width (ndf) of the fastgan / dcgan discriminators."),
+    d_batchnorm: str = typer.Option(
+        "joint", help="Projected D's BatchNorm: joint (reals and fakes in one batch; keeps colours varied) | "
+        "separate (each kind alone, as the paper's code)."
+    ),
     optimizer: str = typer.Option("adam", help="adam | rmsprop | sgd | nesterov (G and D)."),
     lr: float = typer.Option(2e-4, help="Learning rate for D (and G, unless --g-lr)."),
     g_lr: float = typer.Option(0.0, help="G's learning rate when it should differ (two time-scale) \\[default: --lr].", show_default=False),
@@ -123,6 +127,7 @@ def train(
         num_discs=num_discs,
         discriminator=discriminator,
         d_width=d_width,
+        d_batchnorm=d_batchnorm.strip().lower(),
         optimizer=optimizer,
         lr=lr,
         g_lr=g_lr,

@@ -16,6 +16,9 @@ from projgan.errors import UserError
 RESOLUTIONS = (32, 64, 128, 256, 512, 1024)
 PROJECTIONS = ("none", "ccm", "ccm+csm")
 DISCRIMINATORS = ("projected", "fastgan", "dcgan")
+D_BATCHNORM = ("joint", "separate")
+# What a saved train_config.json without these fields was trained with (fields added later).
+SAVED_BEFORE = {"d_batchnorm": "separate"}
 OPTIMIZERS = ("adam", "rmsprop", "sgd", "nesterov")
 LR_SCHEDULES = ("constant", "step", "exponential", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -118,6 +121,9 @@ class TrainConfig:
     num_discs: int = 4
     discriminator: str = "projected"  # projected | fastgan | dcgan (baselines that see pixels)
     d_width: int = 64  # ndf of the fastgan / dcgan discriminators
+    # projected D's BatchNorm: reals and fakes in one batch (joint: colours stay varied, measured in
+    # benchmarks/convergence/) or each kind alone (separate: the paper's code)
+    d_batchnorm: str = "joint"
     cond: bool = False  # class-conditional: classes are the first-level subfolders of --data
     class_sampling: str = "balanced"  # balanced (each class equally often) | natural (each image equally often)
     optimizer: str = "adam"  # adam | rmsprop | sgd | nesterov, for G and D
@@ -163,6 +169,7 @@ class TrainConfig:
             raise UserError("--cond works with --discriminator projected or dcgan, not fastgan",
                             "FastGAN's discriminator has no class projection here")
         for name, value, allowed in (("discriminator", self.discriminator, DISCRIMINATORS),
+                                     ("d-batchnorm", self.d_batchnorm, D_BATCHNORM),
                                      ("class-sampling", self.class_sampling, CLASS_SAMPLING),
                                      ("optimizer", self.optimizer, OPTIMIZERS),
                                      ("lr-schedule", self.lr_schedule, LR_SCHEDULES)):
@@ -195,6 +202,7 @@ class TrainConfig:
     def with_saved(self, saved: dict[str, Any], keys: set[str]) -> TrainConfig:
         """This config with ``keys`` (``generator.x`` for generator fields) taken from a saved run's config."""
         d = self.to_dict()
+        saved = {**SAVED_BEFORE, **saved}
         for key in keys:
             if key.startswith("generator."):
                 sub = key.split(".", 1)[1]

@@ -109,6 +109,26 @@ def test_precision_resolution():
         dist.resolve_precision("fp16", cpu)
 
 
+@pytest.mark.parametrize("mode", ["joint", "separate"])
+def test_g_step_judges_fakes_beside_the_reals_only_with_joint_batchnorm(tmp_path, mode):
+    """joint: the G step's logits come from one BatchNorm batch of the D step's reals and the fakes, so they
+    change with the reals; separate (the paper's code): fakes alone, the reals play no part."""
+    import copy
+
+    t = step.build(tiny_cfg(tmp_path, precision="fp32", augment="", d_batchnorm=mode), dist.Runtime())
+    losses = []
+    for seed in (1, 2):
+        u = copy.deepcopy(t)
+        reals = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+        with torch.no_grad():
+            u.reals_seen = (u.F_fwd(reals), None)
+        torch.manual_seed(0)  # the same latents for both
+        step.g_step(u, 4)
+        losses.append(step.pop_stats(u)["loss_G"])
+        assert u.reals_seen is None  # released after the G step
+    assert (losses[0] != losses[1]) == (mode == "joint"), losses
+
+
 # ---------------------------------------------------------------- exact resume
 
 

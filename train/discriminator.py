@@ -106,15 +106,25 @@ class MiniDiscriminator(ConditionalSequential):
             self.cond = ClassProjection(num_classes)
 
 
+class MiniDiscriminators(nn.ModuleList):
+    """The trainable part of D: feature maps (finest first) -> one logit tensor ``[B, L_k]`` per scale."""
+
+    def forward(self, feats: list[torch.Tensor], c: torch.Tensor | None = None) -> list[torch.Tensor]:
+        return [d(f, c).flatten(1) for d, f in zip(self, feats, strict=False)]  # num_discs may be < 4
+
+
 class ProjectedDiscriminator(nn.Module):
-    """Images in [-1, 1] (and class indices when conditional) -> one logit tensor ``[B, L_k]`` per scale."""
+    """Images in [-1, 1] (and class indices when conditional) -> one logit tensor ``[B, L_k]`` per scale.
+
+    ``features`` (frozen) and ``discs`` (trained) are also called apart by the training step, so that
+    features of reals computed once serve both the D and the G step.
+    """
 
     def __init__(self, features: FeatureNetwork, num_discs: int = 4, num_classes: int = 0, separable: bool = False):
         super().__init__()
         self.features = features
-        self.discs = nn.ModuleList(MiniDiscriminator(spec, num_classes, separable)
-                                   for spec in features.scales[:num_discs])
+        self.discs = MiniDiscriminators(MiniDiscriminator(spec, num_classes, separable)
+                                        for spec in features.scales[:num_discs])
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> list[torch.Tensor]:
-        feats = self.features(x)
-        return [d(f, c).flatten(1) for d, f in zip(self.discs, feats, strict=False)]  # num_discs may be < 4
+        return self.discs(self.features(x), c)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from projgan.config import TrainConfig
 from projgan.generator import build_generator
@@ -52,6 +53,9 @@ class Trainer:
     channels_last: bool = True
     G_fwd: nn.Module = None
     D_fwd: nn.Module = None
+    F_fwd: nn.Module = None  # the projected D's frozen feature network (maybe compiled)
+    H_fwd: nn.Module = None  # ... and its mini-discriminators
+    reals_seen: tuple | None = None  # features and classes of the D step's reals, for the G step (joint BN)
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
     steps_in_stats: int = 0
 
@@ -108,7 +112,10 @@ def build(cfg: TrainConfig, rt: dist.Runtime, backbone_weights: str | None = Non
         scaler_D=torch.amp.GradScaler(rt.device.type, enabled=fp16),
         precision=precision, policy=parse_policy(cfg.augment), channels_last=channels_last,
     )
-    t.G_fwd, t.D_fwd = (torch.compile(G), torch.compile(D)) if cfg.compile else (G, D)
+    maybe_compile = torch.compile if cfg.compile else (lambda m: m)
+    t.G_fwd, t.D_fwd = maybe_compile(G), maybe_compile(D)
+    if isinstance(D, ProjectedDiscriminator):
+        t.F_fwd, t.H_fwd = maybe_compile(D.features), maybe_compile(D.discs)
     return t
 
 
@@ -136,17 +143,48 @@ def _D(t: Trainer, x: torch.Tensor, c: torch.Tensor | None):
     return t.D_fwd(x) if c is None else t.D_fwd(x, c)
 
 
+def _joint(t: Trainer) -> bool:
+    """Whether the projected D's BatchNorm sees reals and fakes as one batch (``--d-batchnorm joint``).
+
+    With each kind in a batch of its own (the paper's code), BatchNorm removes whatever all fakes of a
+    batch share (one background colour, one disc colour) before D can see it, and removes it from G's
+    gradient too: G collapses to one colour scheme that D cannot tell from the reals (measured in
+    benchmarks/convergence/). One batch of both kinds keeps that difference visible in both steps.
+    """
+    return t.cfg.d_batchnorm == "joint" and t.H_fwd is not None
+
+
+def _cat(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    return None if a is None else torch.cat([a, b])
+
+
+def _judge_with_reals(t: Trainer, real_feats: list, fake_feats: list, real_c, fake_c) -> list[torch.Tensor]:
+    """Mini-discriminator logits of reals and fakes judged as one batch (reals first)."""
+    return t.H_fwd([torch.cat(pair) for pair in zip(real_feats, fake_feats, strict=True)], _cat(real_c, fake_c))
+
+
 def d_step(t: Trainer, reals: torch.Tensor, c: torch.Tensor | None = None) -> None:
     """Hinge loss on augmented reals vs augmented fakes (G frozen for this step); FastGAN's D adds
     its reconstruction loss on the reals. ``c``: the reals' classes, also given to the fakes."""
+    n = reals.shape[0]
     with torch.no_grad(), _autocast(t):
-        fakes = t.G_fwd(_latents(t, reals.shape[0]), c)
-    with _autocast(t):
-        if isinstance(t.D, FastGANDiscriminator):
+        fakes = t.G_fwd(_latents(t, n), c)
+    # Separate batches: D sees reals and fakes in two calls, its spectral-normed weights computed once
+    # for both (one power iteration per D step).
+    with _autocast(t), parametrize.cached():
+        recon = None
+        if _joint(t):
+            with torch.no_grad():  # frozen features of inputs that need no gradient
+                real_feats, fake_feats = t.F_fwd(_prep(t, reals)), t.F_fwd(_prep(t, fakes.float()))
+            logits = _judge_with_reals(t, real_feats, fake_feats, c, c)
+            real_logits, fake_logits = [lg[:n] for lg in logits], [lg[n:] for lg in logits]
+            t.reals_seen = (real_feats, c)
+        elif isinstance(t.D, FastGANDiscriminator):
             real_logits, recon = t.D_fwd(_prep(t, reals), reconstruct=True)
         else:
-            real_logits, recon = _D(t, _prep(t, reals), c), None
-        fake_logits = _D(t, _prep(t, fakes.float()), c)
+            real_logits = _D(t, _prep(t, reals), c)
+        if not _joint(t):
+            fake_logits = _D(t, _prep(t, fakes.float()), c)
         loss = d_hinge_loss(real_logits, fake_logits)
         if recon is not None:
             loss = loss + recon
@@ -172,7 +210,14 @@ def g_step(t: Trainer, n: int, c: torch.Tensor | None = None) -> None:
         p.requires_grad_(False)
     try:
         with _autocast(t):
-            loss = g_loss(_D(t, _prep(t, t.G_fwd(_latents(t, n), c)), c))
+            fakes = _prep(t, t.G_fwd(_latents(t, n), c))
+            if _joint(t) and t.reals_seen is not None:  # judged beside the D step's reals (features reused)
+                real_feats, real_c = t.reals_seen
+                m = real_feats[0].shape[0]
+                logits = [lg[m:] for lg in _judge_with_reals(t, real_feats, t.F_fwd(fakes), real_c, c)]
+            else:
+                logits = _D(t, fakes, c)
+            loss = g_loss(logits)
         t.opt_G.zero_grad(set_to_none=True)
         t.scaler_G.scale(loss).backward()
     finally:
@@ -181,6 +226,7 @@ def g_step(t: Trainer, n: int, c: torch.Tensor | None = None) -> None:
     dist.all_reduce_grads(t.opt_G.param_groups[0]["params"], t.rt)
     t.scaler_G.step(t.opt_G)
     t.scaler_G.update()
+    t.reals_seen = None
     _accumulate(t, loss_G=loss)
 
 
