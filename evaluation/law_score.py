@@ -5,8 +5,10 @@
   distribution, averaged over parameters: 1-D Wasserstein distance in units of the law's standard
   deviation for continuous ones, total variation for categorical ones. 0 is a perfect match.
 - ``spread``: standard deviation (continuous) and entropy (categorical) of the valid samples'
-  parameters relative to the law's, averaged. A collapsed generator scores far below 1, and
-  ``collapsed`` says so when it is under ``COLLAPSE_SPREAD``, or when one parameter is frozen.
+  parameters relative to the law's, each capped at 1, averaged. Capped, because more variance than the
+  law's is not more variety: uncapped, an over-spread position would hide a collapsed colour in the mean.
+  A collapsed generator scores far below 1, and ``collapsed`` says so when it is under
+  ``COLLAPSE_SPREAD``, or when one parameter is frozen. ``per_param`` keeps the uncapped values.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def law_score(images: np.ndarray, law: str) -> dict:
             dist[key] = _tv(a, b, support)
             spread[key] = _entropy(a, support) / max(_entropy(b, support), 1e-12)
         out["param_distance"] = round(float(np.mean(list(dist.values()))), 4)
-        out["spread"] = round(float(np.mean(list(spread.values()))), 4)
+        out["spread"] = round(float(np.mean([min(v, 1.0) for v in spread.values()])), 4)
         # Collapse: little spread overall, or one parameter (a kind, a count) all but frozen.
         out["collapsed"] = bool(out["spread"] < COLLAPSE_SPREAD or min(spread.values()) < COLLAPSE_SPREAD / 2)
         out["per_param"] = {k: {"distance": round(float(dist[k]), 4), "spread": round(float(spread[k]), 4)}
