@@ -346,11 +346,15 @@ def quickstart(
     minutes: float = typer.Option(4.25, help="Training time budget in minutes (the whole quickstart takes ~5)."),
     serve_after: bool = typer.Option(True, "--serve/--no-serve", help="Serve the result when done."),
     port: int = typer.Option(8000, help="Port for serving."),
+    discriminator: str = typer.Option(
+        "projected", help="projected (the paper's, on pretrained features) | dcgan (pixels): the recipe to train."
+    ),
 ):
     """Whole pipeline in minutes on built-in procedural data (or yours): train, export, evaluate, serve."""
     from projgan.quickstart import quickstart as run_quickstart
 
-    run_quickstart(out=out, minutes=minutes, serve=serve_after, port=port, data=data or None)
+    run_quickstart(out=out, minutes=minutes, serve=serve_after, port=port, data=data or None,
+                   discriminator=discriminator.strip().lower())
 
 
 HELP_WIDTH_PIPED = 160  # columns for help sent to a pipe or file: every default fits whole

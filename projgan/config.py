@@ -18,7 +18,7 @@ PROJECTIONS = ("none", "ccm", "ccm+csm")
 DISCRIMINATORS = ("projected", "fastgan", "dcgan")
 D_BATCHNORM = ("joint", "separate")
 # What a saved train_config.json without these fields was trained with (fields added later).
-SAVED_BEFORE = {"d_batchnorm": "separate"}
+SAVED_BEFORE = {"d_batchnorm": "separate", "d_mbstd": 0}
 OPTIMIZERS = ("adam", "rmsprop", "sgd", "nesterov")
 LR_SCHEDULES = ("constant", "step", "exponential", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -124,6 +124,7 @@ class TrainConfig:
     # projected D's BatchNorm: reals and fakes in one batch (joint: colours stay varied, measured in
     # benchmarks/convergence/) or each kind alone (separate: the paper's code)
     d_batchnorm: str = "joint"
+    d_mbstd: int = 4  # projected D: minibatch-std channel over groups of this many samples (0: off, the paper's)
     cond: bool = False  # class-conditional: classes are the first-level subfolders of --data
     class_sampling: str = "balanced"  # balanced (each class equally often) | natural (each image equally often)
     optimizer: str = "adam"  # adam | rmsprop | sgd | nesterov, for G and D
@@ -177,6 +178,8 @@ class TrainConfig:
                 raise UserError(f"unknown --{name} {value!r}", f"choose one of {', '.join(allowed)}")
         if self.lr <= 0 or self.g_lr < 0 or not 0 < self.lr_gamma <= 1 or not 0 <= self.lr_min <= 1 or self.lr_decay_kimg < 0:
             raise UserError("--lr must be > 0, --g-lr >= 0, --lr-gamma in (0, 1], --lr-min in [0, 1], --lr-decay-kimg >= 0")
+        if self.d_mbstd < 0:
+            raise UserError(f"--d-mbstd must be >= 0 (got {self.d_mbstd})")
         if self.d_width < 8 or not 0 <= self.momentum < 1:
             raise UserError(f"--d-width must be >= 8 and --momentum in [0, 1) (got {self.d_width}, {self.momentum})")
         if self.precision not in PRECISIONS:

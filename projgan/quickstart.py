@@ -3,7 +3,7 @@
 A composition root like ``cli``: it imports the stages lazily and calls each one's single entry
 point, so what it shows is exactly what the separate commands do.
 
-The recipe (``RECIPE``) is chosen by measurement for 2 CPU cores and five minutes: see
+The recipes (``RECIPES``, one per discriminator) are chosen by measurement for 2 CPU cores and five minutes: see
 ``benchmarks/convergence/`` for the comparison of discriminators it was picked from.
 """
 
@@ -21,11 +21,21 @@ console = Console()
 
 BUILTIN_LAW = "discs"
 BUILTIN_IMAGES = 1000
-# What the quickstart trains, and why in one line (printed at the start).
-RECIPE = dict(resolution=32, ngf=8, batch=32, discriminator="dcgan", d_width=32, augment="translation", g_lr=1e-3)
-RECIPE_WHY = ("32 px, ngf 8, batch 32, DCGAN discriminator (width 32), DiffAugment translation, G lr 1e-3 / D lr 2e-4: "
-              "the fastest learner per CPU-minute we measured (benchmarks/convergence/); the projected D needs "
-              "pretrained features, which cannot be had offline")
+# What the quickstart trains, by discriminator, and why in one line (printed at the start). Both were chosen
+# by measurement for 2 CPU cores and five minutes (benchmarks/convergence/).
+RECIPES = {
+    "projected": dict(resolution=32, ngf=8, batch=32, discriminator="projected", backbone_weights="pretrained",
+                      backbone_resolution=64, augment="translation", g_lr=1e-3),
+    "dcgan": dict(resolution=32, ngf=8, batch=32, discriminator="dcgan", d_width=32, augment="translation", g_lr=1e-3,
+                  backbone_weights="none"),
+}
+RECIPE_WHY = {
+    "projected": "32 px, ngf 8, batch 32, the paper's projected D on ImageNet-pretrained EfficientNet-Lite0 features "
+                 "(backbone input 64 px), DiffAugment translation, G lr 1e-3 / D lr 2e-4",
+    "dcgan": "32 px, ngf 8, batch 32, a DCGAN discriminator (width 32) on pixels, DiffAugment translation, "
+             "G lr 1e-3 / D lr 2e-4",
+}
+DEFAULT_DISCRIMINATOR = "projected"
 
 
 def _fid_extractor():
@@ -41,10 +51,13 @@ def _fid_extractor():
 
 
 def quickstart(out: str = "runs/quickstart", minutes: float = 4.25, serve: bool = True, port: int = 8000,
-               data: str | None = None) -> Path:
+               data: str | None = None, discriminator: str = DEFAULT_DISCRIMINATOR) -> Path:
     from projgan.config import EvalConfig, ExportConfig, GeneratorConfig, ServeConfig, TrainConfig
     from projgan.evaluation.laws import make_law_dataset, read_law
 
+    if discriminator not in RECIPES:
+        raise UserError(f"unknown --discriminator {discriminator!r}", f"choose one of {', '.join(RECIPES)}")
+    recipe = dict(RECIPES[discriminator])
     t0 = time.time()
     run = Path(out)
     export_dir = Path("exports") / run.name
@@ -53,23 +66,22 @@ def quickstart(out: str = "runs/quickstart", minutes: float = 4.25, serve: bool 
     if data is None:
         folder = run.parent / f"{run.name}-data"
         if read_law(folder) != BUILTIN_LAW:
-            make_law_dataset(folder, BUILTIN_LAW, n=BUILTIN_IMAGES, resolution=RECIPE["resolution"], seed=0)
+            make_law_dataset(folder, BUILTIN_LAW, n=BUILTIN_IMAGES, resolution=recipe["resolution"], seed=0)
         data = str(folder)
-        console.print(f"[green]✓[/] {BUILTIN_IMAGES} procedural {RECIPE['resolution']} px images of the "
+        console.print(f"[green]✓[/] {BUILTIN_IMAGES} procedural {recipe['resolution']} px images of the "
                       f"'{BUILTIN_LAW}' law (one coloured disc on a plain dark background) in {data}")
     elif not Path(data).exists():
         raise UserError(f"--data {data} does not exist", "pass a folder or .zip of images")
     law = read_law(data)
-    console.print(f"recipe: {RECIPE_WHY}")
+    console.print(f"recipe: {RECIPE_WHY[discriminator]} (pipeline quickstart --discriminator "
+                  f"{' | '.join(RECIPES)}; measured in benchmarks/convergence/)")
 
     console.print(Rule("2/5  train"))
     extractor, fid_name = (None, "") if law else _fid_extractor()
     cfg = TrainConfig(
         data=str(data), out=str(run),
-        generator=GeneratorConfig(resolution=RECIPE["resolution"], ngf=RECIPE["ngf"]),
-        batch=RECIPE["batch"], discriminator=RECIPE["discriminator"], d_width=RECIPE["d_width"],
-        augment=RECIPE["augment"], g_lr=RECIPE["g_lr"],
-        kimg=1000, max_minutes=minutes, backbone_weights="none",
+        generator=GeneratorConfig(resolution=recipe.pop("resolution"), ngf=recipe.pop("ngf")), **recipe,
+        kimg=1000, max_minutes=minutes,
         tick_kimg=2, snapshot_ticks=5, metrics=("law",) if law else ("fid",), fid_every=4,
         fid_images=512, sample_seeds=64,
     )

@@ -79,6 +79,29 @@ class ConditionalSequential(nn.Sequential):
         return cond(x, c) if cond is not None else x
 
 
+class MinibatchStd(nn.Module):
+    """Appends one channel: the standard deviation of the features across groups of ``group`` samples,
+    averaged, broadcast over each map (ProGAN / StyleGAN's minibatch standard deviation).
+
+    A per-sample discriminator cannot see that a generator gives every sample the same colours: each
+    sample alone looks real. This channel lets it see how alike the samples of a group are. Groups are
+    consecutive samples, so a batch of reals followed by fakes (multiples of ``group`` each) never mixes
+    the kinds in a group.
+    """
+
+    def __init__(self, group: int):
+        super().__init__()
+        self.group = group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        g = self.group if b % self.group == 0 else b  # a batch that does not split: one group
+        y = x.float().reshape(b // g, g, c, h, w)  # group k: samples k*g ... k*g + g - 1
+        y = (y.var(dim=1, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # [b // g]
+        y = y.to(x.dtype).repeat_interleave(g).reshape(b, 1, 1, 1).expand(b, 1, h, w)
+        return torch.cat([x, y], dim=1)
+
+
 def _nearest_nominal(size: int) -> int:
     return min(WIDTHS, key=lambda s: abs(s - size))
 
@@ -91,13 +114,16 @@ class MiniDiscriminator(ConditionalSequential):
     conv pads so that at least one logit remains.
     """
 
-    def __init__(self, spec: ScaleSpec, num_classes: int = 0, separable: bool = False):
+    def __init__(self, spec: ScaleSpec, num_classes: int = 0, separable: bool = False, mbstd: int = 0):
         nominal, size, cin = _nearest_nominal(spec.nominal), spec.size, spec.channels
         layers = []
         while nominal > END_SIZE and size >= 2:
             cout = WIDTHS[nominal // 2]
             layers.append(SeparableDownBlock(cin, cout) if separable else DownBlock(cin, cout))
             cin, nominal, size = cout, nominal // 2, size // 2
+        if mbstd:
+            layers.append(MinibatchStd(mbstd))
+            cin += 1
         pad = max(0, (4 - size + 1) // 2)
         cout = ClassProjection.CMAP if num_classes else 1
         layers.append(spectral_norm(nn.Conv2d(cin, cout, 4, 1, pad, bias=False)))
@@ -120,10 +146,11 @@ class ProjectedDiscriminator(nn.Module):
     features of reals computed once serve both the D and the G step.
     """
 
-    def __init__(self, features: FeatureNetwork, num_discs: int = 4, num_classes: int = 0, separable: bool = False):
+    def __init__(self, features: FeatureNetwork, num_discs: int = 4, num_classes: int = 0, separable: bool = False,
+                 mbstd: int = 0):
         super().__init__()
         self.features = features
-        self.discs = MiniDiscriminators(MiniDiscriminator(spec, num_classes, separable)
+        self.discs = MiniDiscriminators(MiniDiscriminator(spec, num_classes, separable, mbstd)
                                         for spec in features.scales[:num_discs])
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> list[torch.Tensor]:

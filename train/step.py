@@ -77,7 +77,8 @@ def build_discriminator(cfg: TrainConfig, backbone_weights: str | None) -> nn.Mo
         return DCGANDiscriminator(cfg.generator.resolution, cfg.d_width, num_classes=k)
     feats = FeatureNetwork(cfg.backbone, backbone_weights, cfg.projection, backbone_resolution(cfg), seed=cfg.seed + 1)
     # separable mini-discriminators with the StyleGAN2 generator, as the paper's code configures it
-    return ProjectedDiscriminator(feats, cfg.num_discs, num_classes=k, separable=cfg.generator.arch == "stylegan2")
+    return ProjectedDiscriminator(feats, cfg.num_discs, num_classes=k, separable=cfg.generator.arch == "stylegan2",
+                                  mbstd=cfg.d_mbstd)
 
 
 def build(cfg: TrainConfig, rt: dist.Runtime, backbone_weights: str | None = None) -> Trainer:
