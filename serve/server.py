@@ -52,6 +52,7 @@ class Server:
             max_delay_ms=self.cfg.max_delay_ms,
             queue_size=self.cfg.queue_size,
             stats=self.metrics,
+            buckets=backend.buckets,
         )
         await self.batcher.start()
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="projgan-encode")
