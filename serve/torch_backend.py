@@ -113,15 +113,18 @@ class TorchBackend(Backend):
         """``fn(tensors)`` under the lock, inference mode and ``_context``; float32 tensor out, or uint8 NHWC
         numpy (made on the device) with ``uint8``."""
         with self._lock, torch.inference_mode(), self._context():
-            n = len(next(iter(inputs.values())))
-            # oneDNN takes a different fp32 conv path for a batch of one (pixels differ by 1/255 from the same
-            # seed in a larger batch); padding to two keeps a seed's bytes the same in every batch composition.
-            if not self.cuda and self.dtype is None and n == 1:
-                inputs = {k: np.concatenate([v, v]) for k, v in inputs.items()}
-            out = fn(self._upload(inputs))[:n]
-            if not uint8:
-                return out.float()
-            return self._io.download(uint8_nhwc(out)) if self.cuda else uint8_nhwc(out).numpy()
+            return self._apply(fn, inputs, uint8)
+
+    def _apply(self, fn, inputs: dict[str, np.ndarray], uint8: bool):
+        n = len(next(iter(inputs.values())))
+        # oneDNN takes a different fp32 conv path for a batch of one (pixels differ by 1/255 from the same
+        # seed in a larger batch); padding to two keeps a seed's bytes the same in every batch composition.
+        if not self.cuda and self.dtype is None and n == 1:
+            inputs = {k: np.concatenate([v, v]) for k, v in inputs.items()}
+        out = fn(self._upload(inputs))[:n]
+        if not uint8:
+            return out.float()
+        return self._io.download(uint8_nhwc(out)) if self.cuda else uint8_nhwc(out).numpy()
 
     def _run(self, inputs: dict[str, np.ndarray]):
         if self._variant is not None:
@@ -187,17 +190,13 @@ class TorchBackend(Backend):
         if mode == "compile":
             fn = torch.compile(fn, dynamic=True)
         if not self.cuda:  # compile on a CPU: no graphs
-            return lambda inputs, uint8: self._compiled_cpu(fn, inputs, uint8)
+            return lambda inputs, uint8: self._apply(fn, inputs, uint8)
         from projgan.serve.cuda_graphs import GraphSet
 
         specs = {k: ((self.z_dim,), torch.float32) if k == "z" else _SPECS[k] for k in input_names(self.cfg)}
         graphs = GraphSet(fn, self.device, self._io, specs, buckets_up_to(max_batch))
         self.buckets, self.max_batch = graphs.buckets, graphs.max_batch
         return graphs.run
-
-    def _compiled_cpu(self, fn, inputs: dict[str, np.ndarray], uint8: bool):
-        out = fn(self._upload(inputs))
-        return uint8_nhwc(out).numpy() if uint8 else out.float()
 
     def _enable(self, mode: str, max_batch: int) -> None:
         """Build ``mode``, then serve it only if it passes the same rule as the precision did (and gives a

@@ -250,3 +250,20 @@ def test_a_shape_outside_the_engine_profile_is_refused_not_run_on_stale_bindings
     assert ctx.shapes["z"] == (8, 256)
     with pytest.raises(RuntimeError, match="outside the engine's profile"):
         trt_runtime.set_shape(ctx, "z", (65, 256))
+
+
+@pytest.mark.slow  # two torch.compile builds on the CPU, about a minute each
+def test_a_compiled_torch_backend_serves_only_after_its_self_check(generator_dir, monkeypatch):
+    z = sample_latents(range(5), 256)
+    eager = backends.TorchBackend(*artifacts.load_generator(generator_dir), "cpu", "fp32")
+    b = backends.TorchBackend(*artifacts.load_generator(generator_dir), "cpu", "fp32", mode="compile", max_batch=8)
+    assert b.mode == "compile" and b.info["mode_check"]["passed"], b.info
+    assert b.describe()["mode"] == "compile"
+    assert np.abs(b.generate(z).astype(int) - eager.generate(z)).max() <= 1
+    np.testing.assert_array_equal(b.generate(z[:1]), b.generate(z)[:1])  # alone or in a batch: the same bytes
+    # demand bit-identity with eager: inductor's fused kernels round differently, so the variant is refused
+    monkeypatch.setattr(backends.TorchBackend, "self_check_thresholds", similarity.Thresholds(fp32_max_abs=0.0))
+    refused = backends.TorchBackend(*artifacts.load_generator(generator_dir), "cpu", "fp32", mode="compile")
+    assert refused.mode == "eager" and not refused.info["mode_check"]["passed"]
+    assert "max abs" in refused.info["mode_check"]["reason"]
+    np.testing.assert_array_equal(refused.generate(z), eager.generate(z))  # served eager, exactly

@@ -372,7 +372,9 @@ def test_cuda_backend_serves_batch_independent_images(generator_32):
 
     with background_server(create_app(cfg)) as url:
         alone, mixed, card = asyncio.run(main(url))
-    assert card["device"] == "cuda" and card["precision"] == "fp16"
+    from projgan.hardware import auto_precision
+
+    assert card["device"] == "cuda" and card["precision"] == auto_precision("cuda")  # bf16 on Ampere and later
     ref = npy(alone)[0]
     diffs = [int(np.abs(npy(r)[1].astype(int) - ref).max()) for r in mixed]
     assert max(diffs) == 0, diffs

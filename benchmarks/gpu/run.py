@@ -1,0 +1,136 @@
+"""Every GPU measurement of issue 21 in one command, within one short GPU window.
+
+    python3 benchmarks/gpu/run.py --out /tmp/gpu                      # on the GPU machine (README.md)
+    python3 benchmarks/gpu/run.py --out /tmp/gpu --paper-code DIR     # with the paper's code beside ours
+    python3 benchmarks/gpu/run.py --dry-run --out /tmp/gpu-dry        # the same commands on a CPU, tiny sizes
+
+Each step (``plan.py``) is a subprocess under its own timeout, cut further by what is left of ``--budget-s``;
+a step that no longer fits, or lacks what it needs, is skipped with the reason. Logs go to ``OUT/logs``,
+each step's JSON and PNG to ``OUT``, and ``summary.json`` (rewritten after every step, so a killed window
+keeps what it measured) and ``summary.png`` close the run with the issue's targets (``report.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from plan import Context, Sizes, Step, steps, worst_case_s  # noqa: E402
+from report import summarize, table  # noqa: E402
+
+REPO = HERE.parents[1]
+
+
+def base_env(ctx: Context) -> dict[str, str]:
+    """The environment every step starts from: wheels installed by this run first on the path, unbuffered."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
+    paths = [str(ctx.site)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    env["PYTHONPATH"] = ":".join(paths)
+    return env
+
+
+def run_step(step: Step, ctx: Context, remaining: float) -> dict:
+    """Run one step; returns its record (status ok | failed | timeout | skipped, seconds, command, log)."""
+    try:
+        reason = step.check(ctx)
+    except Exception as e:  # a check that cannot decide skips the step, with why
+        reason = f"check failed: {type(e).__name__}: {e}"
+    if reason:
+        return {"status": "skipped", "reason": reason, "seconds": 0.0}
+    if remaining < step.min_s:
+        return {"status": "skipped", "reason": f"budget: {remaining:.0f} s left, needs {step.min_s:.0f}", "seconds": 0.0}
+    log = ctx.out / "logs" / f"{step.name}.log"
+    t0 = time.monotonic()
+    record: dict = {"log": str(log.relative_to(ctx.out))}
+    try:
+        if step.prepare:
+            step.prepare(ctx)
+        argv = step.argv(ctx)
+    except Exception as e:
+        return {**record, "status": "failed", "reason": f"prepare: {type(e).__name__}: {e}",
+                "seconds": round(time.monotonic() - t0, 1)}
+    timeout = max(1.0, min(step.timeout_s * ctx.sizes.timeout_scale, remaining - (time.monotonic() - t0)))
+    record.update(command=shlex.join(argv), timeout_s=round(timeout, 1))
+    env = {**ctx.facts["env"], **step.env(ctx)}
+    with open(log, "w") as f:
+        f.write(f"$ {record['command']}\n")
+        f.flush()
+        proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, cwd=ctx.repo, env=env, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout)
+            record.update(status="ok" if rc == 0 else "failed", rc=rc)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the step's own process group: it and what it started
+            proc.wait()
+            record.update(status="timeout", rc=None, reason=f"killed after {timeout:.0f} s")
+    if step.finish:
+        try:
+            step.finish(ctx)
+        except Exception as e:
+            record["finish_error"] = f"{type(e).__name__}: {e}"
+    record["seconds"] = round(time.monotonic() - t0, 1)
+    record["outputs"] = {name: (ctx.out / name).exists() for name in step.outputs}
+    if record["status"] == "failed":
+        record["reason"] = _last_line(log)
+    return record
+
+
+def _last_line(log: Path) -> str:
+    lines = [x for x in log.read_text(errors="replace").splitlines() if x.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="run folder (JSON, PNG, logs/)")
+    p.add_argument("--dry-run", action="store_true", help="the same steps on this CPU at tiny sizes")
+    p.add_argument("--budget-s", type=float, default=None, help="wall-clock budget [540; dry run 1200]")
+    p.add_argument("--paper-code", default=None, help="a projected-gan checkout prepared by hand (README.md)")
+    p.add_argument("--wheels", default=str(REPO / ".whl"), help="wheels the GPU image lacks; paper/ inside for its code")
+    p.add_argument("--site", default="/tmp/projgan-gpu-site", help="where the wheels are installed")
+    p.add_argument("--only", default="", help="comma-separated step names to run (a rerun of some)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    out = Path(args.out).resolve()
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    sizes = Sizes.tiny() if args.dry_run else Sizes.gpu()
+    budget = args.budget_s or (1200.0 if args.dry_run else 540.0)
+    ctx = Context(out=out, sizes=sizes, repo=REPO, paper_code=Path(args.paper_code).resolve() if args.paper_code else None,
+                  wheels=Path(args.wheels), site=Path(args.site), paper_site=Path(args.site + "-paper"))
+    ctx.facts["env"] = base_env(ctx)
+    plan = steps(ctx)
+    if args.only:
+        keep = set(args.only.split(","))
+        plan = [s for s in plan if s.name in keep]
+    meta = {"mode": "dry run (CPU, tiny sizes)" if args.dry_run else "GPU", "command": shlex.join(sys.argv),
+            "budget_s": budget, "worst_case_s": worst_case_s(plan, sizes), "sizes": sizes.__dict__,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    t0, records = time.monotonic(), {}
+    for step in plan:
+        remaining = budget - (time.monotonic() - t0)
+        print(f"[{time.monotonic() - t0:6.1f} s] {step.name} ...", flush=True)
+        records[step.name] = run_step(step, ctx, remaining)
+        r = records[step.name]
+        print(f"[{time.monotonic() - t0:6.1f} s] {step.name}: {r['status']} {r.get('reason', '')}"[:200], flush=True)
+        (out / "summary.json").write_text(json.dumps({**meta, "steps": records}, indent=2) + "\n")
+    meta["seconds"] = round(time.monotonic() - t0, 1)
+    summary = summarize(out, records, meta)
+    print(table(summary))
+    return 0 if all(r["status"] in ("ok", "skipped") for r in records.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
