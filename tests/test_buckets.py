@@ -158,3 +158,29 @@ def test_torch_modes_are_checked_before_anything_loads(tmp_path):
 
     with pytest.raises(UserError, match="CUDA graphs need a GPU"):
         TorchBackend(G, config, "cpu", "fp32", mode="graphs")
+
+
+def test_result_buffers_are_reused_only_once_no_result_view_is_alive():
+    """The GPU writes each batch's images into a buffer the caller keeps (no copy): a buffer still seen by a
+    request's rows must never be handed out again, or a slow client would receive the next batch's pixels."""
+    from projgan.serve.cuda_io import ResultBuffers
+
+    made = [0]
+
+    def alloc(nbytes):
+        made[0] += 1
+        return np.zeros(nbytes, np.uint8)
+
+    pool = ResultBuffers(alloc, limit=2)
+    first = pool.take(12)
+    rows = first[:12].reshape(3, 4)[1:]  # what the batcher hands one request
+    del first
+    second = pool.take(12)
+    assert made[0] == 2 and not np.shares_memory(second, rows)
+    assert pool.take(12) is None  # both busy, at the limit: the caller copies instead
+    del second
+    again = pool.take(8)
+    assert made[0] == 2 and not np.shares_memory(again, rows)  # the free one, not the one rows still see
+    del again, rows
+    bigger = pool.take(40)  # a larger batch: a free buffer that is too small is replaced
+    assert bigger.nbytes == 40 and made[0] == 3
