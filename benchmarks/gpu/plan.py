@@ -54,7 +54,7 @@ class Sizes:
         return cls(device="cpu", resolution=32, ngf=16, train_ngfs=(16,), batch_sizes=(1, 2, 4),
                    precisions=("fp32", "bf16"), modes=("eager",), train_batch=4, train_steps=2, compare_kimg=0.016,
                    compare_tick_kimg=0.008, compare_images=64, serve_seconds=1.0, latency_calls=10, serve_batch=4,
-                   backbone_resolution=32, timeout_scale=2.0)
+                   backbone_resolution=32, timeout_scale=3.0)
 
 
 @dataclass
@@ -106,7 +106,9 @@ def infer(arch: str, modes: tuple[str, ...], precisions=None, name: str = "") ->
                             "--torch-modes", _csv(modes), "--batch-sizes", _csv(s.batch_sizes), "--warmup", "3",
                             "--repeats", "10", "--out", str(ctx.out / f"{name}.json"))
 
-    return Step(name, argv, timeout_s=150 if "compile" in modes else 100, outputs=(f"{name}.json", f"{name}.png"))
+    compiled = "compile" in modes  # minutes of inductor work: not worth starting with little time left
+    return Step(name, argv, timeout_s=150 if compiled else 100, min_s=100 if compiled else 20,
+                outputs=(f"{name}.json", f"{name}.png"))
 
 
 def train_bench(ngf: int | None, compile_: bool = False) -> Step:
@@ -122,7 +124,7 @@ def train_bench(ngf: int | None, compile_: bool = False) -> Step:
                             "--steps", str(s.train_steps), "--warmup", "3", *backbone(s),
                             "--out", str(ctx.out / f"{name}.json"))
 
-    return Step(name, argv, timeout_s=150 if compile_ else 80, outputs=(f"{name}.json",))
+    return Step(name, argv, timeout_s=150 if compile_ else 80, min_s=100 if compile_ else 20, outputs=(f"{name}.json",))
 
 
 def steps(ctx: Context) -> list[Step]:

@@ -94,7 +94,7 @@ def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="run folder (JSON, PNG, logs/)")
     p.add_argument("--dry-run", action="store_true", help="the same steps on this CPU at tiny sizes")
-    p.add_argument("--budget-s", type=float, default=None, help="wall-clock budget [540; dry run 1200]")
+    p.add_argument("--budget-s", type=float, default=None, help="wall-clock budget [540; dry run 1500]")
     p.add_argument("--paper-code", default=None, help="a projected-gan checkout prepared by hand (README.md)")
     p.add_argument("--wheels", default=str(REPO / ".whl"), help="wheels the GPU image lacks; paper/ inside for its code")
     p.add_argument("--site", default="/tmp/projgan-gpu-site", help="where the wheels are installed")
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     out = Path(args.out).resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     sizes = Sizes.tiny() if args.dry_run else Sizes.gpu()
-    budget = args.budget_s or (1200.0 if args.dry_run else 540.0)
+    budget = args.budget_s or (1500.0 if args.dry_run else 540.0)
     ctx = Context(out=out, sizes=sizes, repo=REPO, paper_code=Path(args.paper_code).resolve() if args.paper_code else None,
                   wheels=Path(args.wheels), site=Path(args.site), paper_site=Path(args.site + "-paper"))
     ctx.facts["env"] = base_env(ctx)
