@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,7 +62,9 @@ def run_step(step: Step, ctx: Context, remaining: float) -> dict:
                 "seconds": round(time.monotonic() - t0, 1)}
     timeout = max(1.0, min(step.timeout_s * ctx.sizes.timeout_scale, remaining - (time.monotonic() - t0)))
     record.update(command=shlex.join(argv), timeout_s=round(timeout, 1))
-    env = {**ctx.facts["env"], **step.env(ctx)}
+    cache = ctx.out / "cache" / step.name  # compilers' caches per step: a killed build leaves torn files behind
+    env = {**ctx.facts["env"], "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"), "TRITON_CACHE_DIR": str(cache / "triton"),
+           **step.env(ctx)}
     with open(log, "w") as f:
         f.write(f"$ {record['command']}\n")
         f.flush()
@@ -73,6 +76,7 @@ def run_step(step: Step, ctx: Context, remaining: float) -> dict:
             os.killpg(proc.pid, signal.SIGKILL)  # the step's own process group: it and what it started
             proc.wait()
             record.update(status="timeout", rc=None, reason=f"killed after {timeout:.0f} s")
+            shutil.rmtree(cache, ignore_errors=True)  # a rerun must not load what the kill cut short
     if step.finish:
         try:
             step.finish(ctx)
@@ -98,7 +102,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--paper-code", default=None, help="a projected-gan checkout prepared by hand (README.md)")
     p.add_argument("--wheels", default=str(REPO / ".whl"), help="wheels the GPU image lacks; paper/ inside for its code")
     p.add_argument("--site", default="/tmp/projgan-gpu-site", help="where the wheels are installed")
-    p.add_argument("--only", default="", help="comma-separated step names to run (a rerun of some)")
+    p.add_argument("--only", default="", help="comma-separated step names to run (a rerun of some; the others' "
+                   "records in OUT/summary.json are kept)")
     return p.parse_args(argv)
 
 
@@ -119,6 +124,8 @@ def main(argv=None) -> int:
             "budget_s": budget, "worst_case_s": worst_case_s(plan, sizes), "sizes": sizes.__dict__,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     t0, records = time.monotonic(), {}
+    if args.only and (out / "summary.json").exists():  # a rerun of some steps keeps the others' records
+        records = json.loads((out / "summary.json").read_text()).get("steps", {})
     for step in plan:
         remaining = budget - (time.monotonic() - t0)
         print(f"[{time.monotonic() - t0:6.1f} s] {step.name} ...", flush=True)
