@@ -132,3 +132,18 @@ def test_the_dry_run_runs_every_step_it_can_on_a_cpu(tmp_path):
     # an inductor build of the training step can outlast its limit on a busy 2-core CPU; then it says so
     assert summary["steps"]["train_compile"]["status"] in ("ok", "timeout")
     assert (tmp_path / "dry" / "summary.png").exists()
+
+
+def test_the_packed_record_keeps_measurements_and_leaves_weights_data_and_caches(tmp_path):
+    import tarfile
+
+    out = tmp_path / "gpu"
+    for name in ("summary.json", "summary.png", "infer_fastgan.png", "logs/serve_load.log", "runs/ours/metrics.jsonl",
+                 "runs/paper/00000-x/log.txt", "runs/ours/training-state.pt", "runs/ours/samples/kimg00003.png",
+                 "data/shapes256.zip", "cache/train_compile/inductor/k.so", "torch_home/hub/checkpoints/w.pth"):
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(b"x")
+    assert run.pack(out, tmp_path / "gpu.tgz") == 6
+    with tarfile.open(tmp_path / "gpu.tgz") as tar:
+        assert sorted(tar.getnames()) == ["gpu/infer_fastgan.png", "gpu/logs/serve_load.log", "gpu/runs/ours/metrics.jsonl",
+                                          "gpu/runs/paper/00000-x/log.txt", "gpu/summary.json", "gpu/summary.png"]

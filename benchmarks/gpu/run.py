@@ -94,6 +94,28 @@ def _last_line(log: Path) -> str:
     return lines[-1][:300] if lines else ""
 
 
+PACKED = (".json", ".jsonl", ".png", ".log", ".xml", ".txt")  # the record; weights, data and caches stay behind
+
+
+def pack(out: Path, dest: Path) -> int:
+    """The run's record (JSON, PNG, logs) as one .tar.gz: a device window returns a few files of 16 MiB at
+    most, and training states, datasets and compiler caches are neither needed nor small."""
+    import tarfile
+
+    def wanted(p: Path) -> bool:
+        parts = p.relative_to(out).parts
+        if {"cache", "data", "torch_home"} & set(parts) or p.suffix not in PACKED:
+            return False
+        return parts[0] != "runs" or p.suffix != ".png"  # training runs: their logs and rows, not sample grids
+
+    files = sorted(p for p in out.rglob("*") if p.is_file() and wanted(p))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(dest, "w:gz") as tar:
+        for f in files:
+            tar.add(f, arcname=str(Path(out.name) / f.relative_to(out)))
+    return len(files)
+
+
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="run folder (JSON, PNG, logs/)")
@@ -102,6 +124,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--paper-code", default=None, help="a projected-gan checkout prepared by hand (README.md)")
     p.add_argument("--wheels", default=str(REPO / ".whl"), help="wheels the GPU image lacks; paper/ inside for its code")
     p.add_argument("--site", default="/tmp/projgan-gpu-site", help="where the wheels are installed")
+    p.add_argument("--pack", default="", help="also write the record (JSON, PNG, logs) as this .tar.gz")
     p.add_argument("--only", default="", help="comma-separated step names to run (a rerun of some; the others' "
                    "records in OUT/summary.json are kept)")
     return p.parse_args(argv)
@@ -135,6 +158,8 @@ def main(argv=None) -> int:
         (out / "summary.json").write_text(json.dumps({**meta, "steps": records}, indent=2) + "\n")
     meta["seconds"] = round(time.monotonic() - t0, 1)
     summary = summarize(out, records, meta)
+    if args.pack:
+        print(f"packed {pack(out, Path(args.pack))} files into {args.pack}")
     print(table(summary))
     return 0 if all(r["status"] in ("ok", "skipped") for r in records.values()) else 1
 
