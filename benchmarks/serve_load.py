@@ -31,7 +31,7 @@ import torch
 
 from projgan import artifacts
 from projgan.config import GeneratorConfig
-from projgan.generator import Generator, sample_latents
+from projgan.generator import build_generator, sample_latents
 from projgan.hardware import machine, versions
 from projgan.serve.backends import load_backend
 
@@ -58,7 +58,8 @@ def free_port() -> int:
 
 
 def start_server(args, source: Path, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "projgan", "serve", str(source), "--backend", args.backend, "--device", args.device]
+    cmd = [sys.executable, "-m", "projgan", "serve", str(source), "--backend", args.backend, "--device", args.device,
+           "--torch-mode", args.torch_mode]
     cmd += ["--port", str(port), "--max-batch", str(args.max_batch), "--max-delay-ms", str(args.max_delay_ms)]
     cmd += ["--queue-size", str(max(256, 2 * args.clients * args.images_per_request)), "--no-ui"]
     log = open(Path(tempfile.gettempdir()) / f"serve_load_{port}.log", "w")  # noqa: SIM115 (lives with the process)
@@ -234,7 +235,8 @@ def main() -> None:
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--ngf", type=int, default=64)
     p.add_argument("--backend", default="torch")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--torch-mode", default="auto", help="torch backend: auto (CUDA graphs on a GPU), eager, graphs, compile")
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-delay-ms", type=float, default=5.0)
     p.add_argument("--clients", type=int, default=32)
@@ -250,9 +252,9 @@ def main() -> None:
     source = Path(args.source) if args.source else None
     if source is None:
         torch.manual_seed(0)
-        G = Generator(GeneratorConfig(resolution=args.resolution, ngf=args.ngf))
+        G = build_generator(GeneratorConfig(resolution=args.resolution, ngf=args.ngf))
         source = artifacts.save_generator(tmp / "generator", G)
-    backend = load_backend(source, args.backend, args.device)
+    backend = load_backend(source, args.backend, args.device, torch_mode=args.torch_mode, max_batch=args.max_batch)
     desc = backend.describe()
     print(f"backend {desc['backend']} {desc['precision']} on {desc['device']}, {desc['resolution']} px", flush=True)
     result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": {**machine(), "loadavg_start": os.getloadavg()},

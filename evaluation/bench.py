@@ -70,16 +70,17 @@ def matmul_peak(device: str, n: int = 0, repeats: int = 10, budget_s: float = PE
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     out = {}
-    for name in precisions:
-        a = torch.randn(n, n, device=device).to(dtypes[name])
-        b = torch.randn(n, n, device=device).to(dtypes[name])
+    with hardware.fp32_exact():  # the fp32 peak is IEEE fp32, as the fp32 rows are (torch backend)
+        for name in precisions:
+            a = torch.randn(n, n, device=device).to(dtypes[name])
+            b = torch.randn(n, n, device=device).to(dtypes[name])
 
-        def run(a=a, b=b):
-            a @ b
-            sync()
+            def run(a=a, b=b):
+                a @ b
+                sync()
 
-        out[name] = round(2 * n**3 / _best_seconds(run, repeats, budget_s) / 1e9, 1)
-        del a, b
+            out[name] = round(2 * n**3 / _best_seconds(run, repeats, budget_s) / 1e9, 1)
+            del a, b
     return out
 
 
@@ -137,16 +138,17 @@ def generator_info(source: str | Path) -> dict[str, Any] | None:
 
 @dataclass
 class Variant:
-    label: str  # e.g. torch-bf16, onnxruntime-fp32
+    label: str  # e.g. torch-bf16, torch-fp16-graphs, onnxruntime-fp32
     backend: str
     precision: str
     target: Path  # what load_backend opens
+    mode: str = "eager"  # torch: eager | graphs | compile
 
 
 def plan(source: str | Path, device: str, onnx: str | Path | None = None,
-         precisions: tuple[str, ...] | None = None) -> list[Variant]:
+         precisions: tuple[str, ...] | None = None, torch_modes: tuple[str, ...] = ("eager",)) -> list[Variant]:
     """Every backend/precision this source offers on this machine; ``precisions``: the ones to
-    consider [default: those the device runs natively]."""
+    consider [default: those the device runs natively]; ``torch_modes``: one torch row set per mode."""
     if precisions is None:
         precisions = tuple(p for p, why in hardware.precision_support(device).items() if why is None)
     cuda = device.startswith("cuda")
@@ -163,8 +165,9 @@ def plan(source: str | Path, device: str, onnx: str | Path | None = None,
         manifest = artifacts.read_manifest(src, verify=False) if (src / artifacts.MANIFEST).exists() else None
         has_torch = (src / artifacts.GENERATOR_DIR).exists() if manifest else True
         if has_torch:
-            precs = [p for p in (("fp32", "fp16") if cuda else ("fp32", "bf16")) if p in precisions]
-            out += [Variant(f"torch-{p}", "torch", p, src) for p in precs]
+            precs = [p for p in (("fp32", "fp16", "bf16") if cuda else ("fp32", "bf16")) if p in precisions]
+            out += [Variant(f"torch-{p}" + ("" if m == "eager" else f"-{m}"), "torch", p, src, m)
+                    for p in precs for m in torch_modes]
         files = manifest.get("files", {}) if manifest else {}
         if artifacts.ONNX_FP32 in files:
             out.append(Variant("onnxruntime-fp32", "onnxruntime", "fp32", src / artifacts.ONNX_FP32))
@@ -277,7 +280,10 @@ def _bench(cfg: BenchConfig, onnx, notes: str, command: str | None, progress: bo
     support = hardware.precision_support(device)
     native = tuple(p for p, why in support.items() if why is None)
     skipped = {p: why for p, why in support.items() if why}
-    variants = _select(plan(cfg.source, device, onnx, native), cfg.backends, skipped)
+    wanted = tuple(p for p in cfg.precisions if p in native) if cfg.precisions else native
+    skipped.update({p: f"not native here: {support.get(p) or 'not run on ' + device}" for p in cfg.precisions
+                    if p not in native and p not in skipped})
+    variants = _select(plan(cfg.source, device, onnx, wanted, cfg.torch_modes), cfg.backends, skipped)
     if not variants:
         raise UserError(f"no backend can run {cfg.source} here")
     load_before = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
@@ -295,16 +301,23 @@ def _bench(cfg: BenchConfig, onnx, notes: str, command: str | None, progress: bo
     results, errors, loaded = [], [], []
     for v in variants:
         try:
-            loaded.append((v, load_backend(v.target, v.backend, device, v.precision, force=True)))
+            be = load_backend(v.target, v.backend, device, v.precision, force=True, torch_mode=v.mode,
+                              max_batch=max(cfg.batch_sizes))
         except UserError as e:
             errors.append({"label": v.label, "error": str(e)})
+            continue
+        if getattr(be, "mode", "eager") != v.mode:  # a graphs/compile variant that failed its self-check
+            errors.append({"label": v.label, "error": f"not served: {be.info.get('mode_check', {}).get('reason')}"})
+            be.close()
+            continue
+        loaded.append((v, be))
     try:
         with _bar(progress, console, len(loaded) * len(cfg.batch_sizes) * (cfg.warmup + cfg.repeats)) as advance:
             for b in cfg.batch_sizes:
                 lats = measure_interleaved([be for _, be in loaded], b, cfg.warmup, cfg.repeats, advance)
                 for (v, be), lat in zip(loaded, lats, strict=True):
                     row = summarize(v.label, be.precision, min(b, be.max_batch), lat, flops, peaks)
-                    row.update(backend=v.backend, device=be.device, providers=be.providers,
+                    row.update(backend=v.backend, device=be.device, providers=be.providers, mode=v.mode,
                                arch=be.cfg.arch, num_classes=be.num_classes)
                     results.append(row)
     finally:
@@ -327,7 +340,8 @@ def _bench(cfg: BenchConfig, onnx, notes: str, command: str | None, progress: bo
         "peak_gflops": peaks,
         "peak_gflops_by_engine": engines,
         "peak_note": (f"best n x n matmul per native precision within {peak_budget_s:g} s of wall time each "
-                      "(torch; ONNX Runtime fp32 when it is benchmarked); max over engines"),
+                      "(torch, TF32 off: fp32 rows run IEEE fp32 too; ONNX Runtime fp32 when it is benchmarked); "
+                      "max over engines"),
         "results": results,
         "errors": errors,
         "notes": notes,

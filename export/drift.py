@@ -20,12 +20,13 @@ The extractor comes from ``projgan.evaluation`` (imported lazily: ``import projg
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from projgan.hardware import fp32_exact
 
 CUDA_IMAGES = 2048  # a few thousand where the generator runs on a GPU
 CPU_IMAGES = 256  # on a CPU a 256 px generator makes ~2-5 images/s: 3n images are minutes already
@@ -37,19 +38,6 @@ def images_for(requested: int, device: str) -> int:
     if requested > 0:
         return int(requested)
     return CUDA_IMAGES if str(device).startswith("cuda") else CPU_IMAGES
-
-
-@contextlib.contextmanager
-def _no_tf32():
-    """fp32 means fp32: cuDNN convolutions default to TF32 on Ampere and later."""
-    import torch
-
-    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
 
 
 def load_extractor(name: str, device: str):
@@ -118,7 +106,7 @@ def reference(open_fp32, extractor: str, device: str, n: int, chunk: int, advanc
     ref = Reference(ext, device, np.empty((0, 0)), np.empty((0, 0)))
     backend = open_fp32(device)
     try:
-        with _no_tf32():
+        with fp32_exact():  # the fp32 reference and its features: cuDNN defaults to TF32
             ref.a = _features(backend, np.arange(n), chunk, ref, advance)
             ref.b = _features(backend, np.arange(n, 2 * n), chunk, ref, advance)
     finally:

@@ -73,13 +73,17 @@ def _slice(c: Combination, i: int, j: int) -> dict[str, Any]:
 @dataclass
 class Candidate:
     key: str
-    reduced: bool
+    reduced: bool  # judged on its uint8 images (similarity.image_rule), and by the drift check
     open: Callable[[], backends.Backend]
     device: str = "cpu"  # where it runs: the drift check's auto image count depends on it
 
 
-def candidates(export_dir: Path, device: str, with_fp16: bool, with_trt: bool) -> list[Candidate]:
-    """The backends this export can be served with, reference first."""
+def candidates(export_dir: Path, device: str, with_fp16: bool, with_trt: bool,
+               gen: GeneratorConfig | None = None) -> list[Candidate]:
+    """The backends this export can be served with, reference first. ``gen``: the export's generator config
+    (an engine of a conditional or style model cannot say what its extra inputs are; serving reads the
+    manifest, parity passes it here). fp32 is held to the float rule only on the reference's kind of device
+    (``similarity.image_rule``)."""
 
     def torch_backend(precision: str, dev: str):
         def open_():
@@ -92,8 +96,9 @@ def candidates(export_dir: Path, device: str, with_fp16: bool, with_trt: bool) -
         Candidate("torch-fp32", False, torch_backend("fp32", "cpu")),
         Candidate(
             "onnxruntime-fp32",
-            False,
+            metrics.image_rule("fp32", device),
             lambda: backends.OnnxRuntimeBackend(export_dir / artifacts.ONNX_FP32, device, "fp32"),
+            device,
         ),
     ]
     if with_fp16:
@@ -109,7 +114,7 @@ def candidates(export_dir: Path, device: str, with_fp16: bool, with_trt: bool) -
         out.append(Candidate("torch-bf16", True, torch_backend("bf16", "cpu")))
     if with_trt:
         out.append(
-            Candidate("tensorrt", True, lambda: backends.TensorRTBackend(export_dir / artifacts.TRT_PLAN), "cuda")
+            Candidate("tensorrt", True, lambda: backends.TensorRTBackend(export_dir / artifacts.TRT_PLAN, cfg=gen), "cuda")
         )
     return out
 
@@ -118,7 +123,7 @@ def _onnxruntime_device() -> str:
     """Where serving would run ONNX Runtime: CUDA only if both torch and ONNX Runtime have it."""
     import onnxruntime as ort
 
-    if backends.resolve_device("auto") == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+    if backends.is_cuda(backends.resolve_device("auto")) and "CUDAExecutionProvider" in ort.get_available_providers():
         return "cuda"
     return "cpu"
 
@@ -178,7 +183,7 @@ def certify(export_dir: str | Path, cfg: ExportConfig, with_trt: bool = False, c
     z = sample_latents(seeds, gen.z_dim)
     combos = combinations(gen, seeds)
     chunk = max(1, min(64, cfg.batch_sizes[2]))
-    todo = candidates(export_dir, device, (export_dir / artifacts.ONNX_FP16).exists(), with_trt)
+    todo = candidates(export_dir, device, (export_dir / artifacts.ONNX_FP16).exists(), with_trt, gen)
     results: dict[str, Any] = {}
     ref = None
     with Progress(
@@ -238,7 +243,8 @@ def certify(export_dir: str | Path, cfg: ExportConfig, with_trt: bool = False, c
             results[c.key] = {
                 **entry,
                 **info,
-                "reduced_precision": c.reduced,
+                "reduced_precision": b.precision != "fp32",
+                "rule": "images" if c.reduced else "float",  # similarity.image_rule: judged on images or floats
                 "batch_independence": indep,
                 **({"combinations": parts} if parts else {}),
                 **({"drift": drift_entry} if drift_entry is not None else {}),
@@ -288,14 +294,15 @@ def _w_space(export_dir: Path, device: str, z, combos, ref, chunk: int, t) -> di
         w_err, w_scale = max(w_err, float(np.abs(w - w_ref).max())), max(w_scale, float(np.abs(w_ref).max()))
         out.append(np.concatenate([ort_b.synthesize_w_float(w[i : i + chunk]) for i in range(0, len(w), chunk)]))
     seeds = list(range(len(z)))
-    m, ok, reason, parts = _judge_combinations(ref, out, combos, seeds, False, t)
+    images = metrics.image_rule("fp32", device)  # ONNX Runtime on a GPU against the CPU reference
+    m, ok, reason, parts = _judge_combinations(ref, out, combos, seeds, images, t)
     w_ok = w_err <= t.fp32_max_abs * w_scale  # w is not bounded like images: relative to its largest entry
     if not w_ok:
         ok, reason = False, f"w max abs {w_err:.2e} > {t.fp32_max_abs:.0e} x {w_scale:.3g}; " + reason
     one = ort_b.synthesize_w_float(ort_b.map_w(z[:1], **_slice(combos[0], 0, 1)))
     b1 = metrics.compare(out[0][:1], one)
     indep = {"sizes": [1, min(chunk, len(z))], "max_abs": b1["max_abs"], "psnr_min": b1["psnr_min"]}
-    indep["passed"] = metrics.judge(b1, False, t)[0]
+    indep["passed"] = metrics.judge(b1, images, t)[0]
     if not indep["passed"]:
         ok, reason = False, f"{reason}; the same seeds differ across batches {indep['sizes']}"
     ort_b.close()
@@ -309,6 +316,7 @@ def _w_space(export_dir: Path, device: str, z, combos, ref, chunk: int, t) -> di
         "files": [f.name for f in w_files],
         "w_max_abs": w_err,
         "reduced_precision": False,
+        "rule": "images" if images else "float",
         "batch_independence": indep,
         **({"combinations": parts} if parts else {}),
         "passed": bool(ok),

@@ -104,7 +104,7 @@ def train(
     extractor: str = typer.Option("inception", help="Features behind fid, kid, pr: inception | dinov2 | proxy | auto."),
     inception_weights: str = typer.Option("", help="Local clean-fid Inception weights file."),
     dinov2_weights: str = typer.Option("", help="Local DINOv2 ViT-B/14 weights for fd_dinov2/kd_dinov2."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
     seed: int = typer.Option(0, help="Random seed."),
     max_minutes: float = typer.Option(0.0, help="Stop with a snapshot after this many minutes (0: no limit)."),
 ):
@@ -294,8 +294,11 @@ def export(
 def serve(
     source: str = typer.Argument(..., help="Export directory, run directory or generator/ artifact."),
     backend: str = typer.Option("auto", help="auto | torch | onnxruntime | tensorrt."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N (one GPU of several)."),
     precision: str = typer.Option("auto", help="Torch backend precision: auto | fp32 | bf16 | fp16."),
+    torch_mode: str = typer.Option(
+        "auto", help="Torch backend: auto (CUDA graphs on a GPU) | eager | graphs | compile; each is self-checked."
+    ),
     host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 exposes the server)."),
     port: int = typer.Option(8000, help="Port for the API and the UI."),
     max_batch: int = typer.Option(32, help="Largest batch the dynamic batcher forms."),
@@ -314,6 +317,7 @@ def serve(
         backend=backend,
         device=device,
         precision=precision,
+        torch_mode=torch_mode.strip().lower(),
         host=host,
         port=port,
         max_batch=max_batch,

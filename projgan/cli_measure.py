@@ -53,7 +53,7 @@ def evaluate(
         "| auto (the best found locally, else proxy)."
     ),
     backend: str = typer.Option("auto", help="auto | torch | onnxruntime | tensorrt."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
     batch: int = typer.Option(32, help="Generation batch size."),
     precision: str = typer.Option("auto", help="Torch backend precision: auto | fp32 | bf16 | fp16."),
     inception_weights: str = typer.Option("", help="Local clean-fid Inception weights file."),
@@ -120,7 +120,7 @@ def bench(
     ),
     backends: str = typer.Option("", help="Comma-separated backends \\[default: all available]."),
     batch_sizes: str = typer.Option("1,8,32", help="Batch sizes to measure."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
     warmup: int = typer.Option(3, help="Warm-up iterations (training steps) per point."),
     repeats: int | None = typer.Option(
         None, "--repeats", "--steps", help="Timed iterations per point \\[default: 20; 10 training steps with --train]."
@@ -129,7 +129,11 @@ def bench(
     out: str = typer.Option("", help="JSON output (inference: a PNG plot is written beside it)."),
     train_mode: bool = typer.Option(False, "--train", help="Measure training seconds per kimg instead."),
     precisions: str = typer.Option(
-        "", help="Precisions to compare: fp32, bf16, fp16, auto \\[default: the run's].", rich_help_panel=_TRAIN_PANEL
+        "", help="Precisions to compare: fp32, bf16, fp16, auto \\[default: the run's; inference: fp32 and the "
+        "device's native reduced ones]."
+    ),
+    torch_modes: str = typer.Option(
+        "eager", help="Inference, torch backend: eager, graphs (CUDA graphs per batch bucket), compile; comma-separated."
     ),
     channels_last: str = typer.Option("", help="on | off | on,off \\[default: the run's].", rich_help_panel=_TRAIN_PANEL),
     compile: str = typer.Option("", help="off | on | off,on \\[default: the run's].", rich_help_panel=_TRAIN_PANEL),
@@ -148,7 +152,7 @@ def bench(
     from projgan.config import BenchConfig
 
     overrides = {"resolution": resolution, "ngf": ngf, "batch": batch, "backbone_resolution": backbone_resolution}
-    grid = {"precisions": precisions, "channels_last": channels_last, "compile": compile}
+    grid = {"channels_last": channels_last, "compile": compile}
     if train_mode:
         from projgan.train.step_bench import bench as run_train_bench
         from projgan.train.step_bench import config_for
@@ -181,6 +185,8 @@ def bench(
         repeats=20 if repeats is None else repeats,
         out=out,
         threads=threads,
+        precisions=parse.choices(precisions, "--precisions", ("fp32", "bf16", "fp16")),
+        torch_modes=parse.choices(torch_modes, "--torch-modes", ("eager", "graphs", "compile")),
     )
     from projgan.evaluation.bench import bench as run_bench
 

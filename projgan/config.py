@@ -22,12 +22,31 @@ SAVED_BEFORE = {"d_batchnorm": "separate", "d_mbstd": 0}
 OPTIMIZERS = ("adam", "rmsprop", "sgd", "nesterov")
 LR_SCHEDULES = ("constant", "step", "exponential", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+TORCH_MODES = ("auto", "eager", "graphs", "compile")  # the torch backend: eager, CUDA graphs per bucket, torch.compile
 GENERATORS = ("fastgan", "stylegan2")
 CLASS_SAMPLING = ("balanced", "natural")
 EXTRACTORS = ("inception", "dinov2", "proxy")  # feature extractors of evaluation/features.py
 METRICS = ("fid", "kid", "pr", "law")  # plus fd_<extractor> and kd_<extractor>, e.g. fd_dinov2
 METRICS_HINT = ("use fid, kid, pr (precision/recall/density/coverage), fd_<extractor> or kd_<extractor> "
                 f"(extractors: {', '.join(EXTRACTORS)}), law (procedural data), comma-separated")
+
+
+DEVICE_HINT = "choose auto, cpu, cuda or cuda:N (N: the GPU's index)"
+
+
+def parse_device(device: str, option: str = "--device") -> tuple[str, int | None]:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` -> (kind, index or None); anything else is a UserError.
+
+    Pure string parsing (no CUDA query), so every config validates ``--device`` before torch loads;
+    ``projgan.hardware.resolve_device`` then checks that the GPU exists.
+    """
+    text = str(device).strip().lower()
+    if text in ("auto", "cpu", "cuda"):
+        return text, None
+    kind, sep, index = text.partition(":")
+    if kind == "cuda" and sep and index.isdigit():
+        return "cuda", int(index)
+    raise UserError(f"unknown {option} {device!r}", DEVICE_HINT)
 
 
 def parse_metric(metric: str) -> tuple[str, str] | None:
@@ -185,6 +204,7 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise UserError(f"unknown --precision {self.precision!r}", f"choose one of {', '.join(PRECISIONS)}")
         check_metrics(self.metrics)
+        parse_device(self.device)
         if self.extractor not in (*EXTRACTORS, "auto"):
             raise UserError(f"unknown --extractor {self.extractor!r}", f"choose one of {', '.join(EXTRACTORS)} or auto")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -277,8 +297,9 @@ class ServeConfig:
 
     source: str = ""
     backend: str = "auto"  # auto | torch | onnxruntime | tensorrt
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # torch backend only: auto | fp32 | bf16 | fp16
+    torch_mode: str = "auto"  # torch backend only: auto (graphs on a GPU) | eager | graphs | compile
     host: str = "127.0.0.1"
     port: int = 8000
     max_batch: int = 32
@@ -294,8 +315,9 @@ class ServeConfig:
     def __post_init__(self):
         if self.backend not in ("auto", "torch", "onnxruntime", "tensorrt"):
             raise UserError(f"unknown --backend {self.backend!r}", "choose auto, torch, onnxruntime or tensorrt")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise UserError(f"unknown --device {self.device!r}", "choose auto, cpu or cuda")
+        parse_device(self.device)
+        if self.torch_mode not in TORCH_MODES:
+            raise UserError(f"unknown --torch-mode {self.torch_mode!r}", f"choose one of {', '.join(TORCH_MODES)}")
         if self.max_batch < 1 or self.queue_size < 1 or self.max_images < 1:
             raise UserError("--max-batch, --queue-size and --max-images must be >= 1")
         if self.max_delay_ms < 0:
@@ -333,6 +355,7 @@ class EvalConfig:
             raise UserError("--num-images must be >= 2")
         if self.nearest < 0:
             raise UserError(f"--nearest must be >= 0 (got {self.nearest})")
+        parse_device(self.device)
 
 
 @dataclass
@@ -348,3 +371,11 @@ class BenchConfig:
     repeats: int = 20
     out: str = ""
     threads: int = 0  # torch CPU threads; 0: torch's default
+    precisions: tuple[str, ...] = ()  # torch precisions to time; empty: fp32 and the device's native reduced one
+    torch_modes: tuple[str, ...] = ("eager",)  # eager | graphs | compile: one row set per mode
+
+    def __post_init__(self):
+        parse_device(self.device)
+        bad = [m for m in self.torch_modes if m not in TORCH_MODES[1:]]
+        if bad or not self.torch_modes:
+            raise UserError(f"unknown --torch-modes {','.join(bad) or '(none)'}", "choose from eager, graphs, compile")

@@ -245,13 +245,19 @@ def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def uint8_nhwc(images: torch.Tensor) -> torch.Tensor:
+    """``to_uint8`` on a tensor's own device, returning a tensor (no in-place ops: CUDA graphs capture it)."""
+    x = (images.float() * 127.5 + 128.0).clamp(0, 255).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).contiguous()
+
+
 def to_uint8(images):
     """[-1, 1] float NCHW -> uint8 NHWC RGB. The one place this conversion happens.
 
-    Accepts a torch tensor (converted on its device, returned as a numpy array) or a numpy array.
+    Accepts a torch tensor (converted on its device by ``uint8_nhwc``, returned as a numpy array) or a
+    numpy array (the same arithmetic in float32).
     """
     if isinstance(images, torch.Tensor):
-        x = (images.float() * 127.5 + 128.0).clamp_(0, 255).to(torch.uint8)
-        return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+        return uint8_nhwc(images).cpu().numpy()
     x = np.clip(np.asarray(images, dtype=np.float32) * 127.5 + 128.0, 0, 255).astype(np.uint8)
     return np.ascontiguousarray(x.transpose(0, 2, 3, 1))

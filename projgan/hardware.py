@@ -7,6 +7,7 @@ machine to machine (AMX, AVX512-BF16, AVX2 only), so all of it is detected at ru
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 
+from projgan.config import parse_device
 from projgan.errors import UserError
 
 # The flags that decide which precision is fast here (recorded in every benchmark file).
@@ -68,13 +70,10 @@ def precision_support(device: str) -> dict[str, str | None]:
     Without bf16 instructions a CPU emulates bf16 about 100x slower than fp32 (1.2 against 115-175
     GFLOP/s measured on an AVX2-only EPYC), so timing it only takes minutes to say "don't".
     """
-    if str(device).startswith("cuda"):
-        try:
-            bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
-        except TypeError:  # older torch: no emulation flag
-            bf16 = torch.cuda.is_bf16_supported()
-        return {"fp32": None, "fp16": None,
-                "bf16": None if bf16 else f"{torch.cuda.get_device_name()} has no native bf16 (needs compute capability 8.0+)"}
+    if is_cuda(device):
+        major = torch.cuda.get_device_capability(device if ":" in str(device) else None)[0]
+        return {"fp32": None, "fp16": None,  # bf16 tensor cores: compute capability 8.0+ (Ampere)
+                "bf16": None if major >= 8 else f"{torch.cuda.get_device_name()} has no native bf16 (needs compute capability 8.0+)"}
     if cpu_has_fast_bf16():
         return {"fp32": None, "bf16": None}
     flags = " ".join(cpu_flags()) or "none of " + " ".join(CPU_FLAGS)
@@ -83,23 +82,76 @@ def precision_support(device: str) -> dict[str, str | None]:
                                   "bf16 would be emulated, about 100x slower than fp32"}
 
 
+def is_cuda(device) -> bool:
+    """Whether a device string or ``torch.device`` is a GPU (``cuda`` or ``cuda:N``)."""
+    return str(device).startswith("cuda")
+
+
+def cuda_index(device) -> int:
+    """The GPU index of ``cuda:N`` (plain ``cuda``: the current device)."""
+    d = torch.device(device)
+    return d.index if d.index is not None else torch.cuda.current_device()
+
+
 def resolve_device(device: str | torch.device = "auto", local_rank: int | None = None) -> str:
     """'auto' -> 'cuda' where CUDA works, else 'cpu'. ``local_rank`` pins plain 'cuda' to one GPU
     (torchrun). Returns 'cpu', 'cuda' or 'cuda:N'; asking for what is not here is a UserError."""
-    device = str(device)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    kind, index = parse_device(str(device))
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cpu":
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise UserError(f"--device {device} requested but CUDA is not available here", "use --device cpu or auto")
+    count = torch.cuda.device_count()
+    if index is not None and index >= count:
+        raise UserError(f"--device {device}: this machine has {count} GPU(s)", f"choose cuda:0 .. cuda:{count - 1}")
+    if index is None and local_rank is not None:
+        index = local_rank
+    return "cuda" if index is None else f"cuda:{index}"
+
+
+def pick_auto_precision(support: dict[str, str | None], cuda: bool) -> str:
+    """The one rule behind ``--precision auto`` (training and serving alike): bf16 where the device
+    runs it natively (its range needs no loss scaling), else fp16 on a GPU, else fp32."""
+    if support.get("bf16", "absent") is None:
+        return "bf16"
+    return "fp16" if cuda else "fp32"
+
+
+def auto_precision(device) -> str:
+    """``--precision auto`` on ``device``: ``pick_auto_precision`` of what it runs natively."""
+    return pick_auto_precision(precision_support(str(device)), is_cuda(device))
+
+
+def tf32_state() -> dict[str, bool]:
+    """Whether CUDA fp32 matmuls and cuDNN convolutions may use TF32 (10-bit mantissa) right now.
+
+    cuDNN's default is on: an "fp32" convolution on an Ampere or later GPU is TF32 unless turned off.
+    Read through the legacy flags; a process that set the newer ``fp32_precision`` API in a way the
+    legacy flags cannot express is read through that API instead.
+    """
     try:
-        kind = torch.device(device).type
-    except RuntimeError:
-        kind = ""
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda requested but CUDA is not available here", "use --device cpu or auto")
-        return f"cuda:{local_rank}" if device == "cuda" and local_rank is not None else device
-    if device != "cpu":
-        raise UserError(f"unknown --device {device!r}", "choose auto, cpu or cuda")
-    return device
+        return {"matmul": bool(torch.backends.cuda.matmul.allow_tf32), "conv": bool(torch.backends.cudnn.allow_tf32)}
+    except RuntimeError:  # torch >= 2.9: legacy and new TF32 settings were mixed
+        return {"matmul": torch.backends.cuda.matmul.fp32_precision == "tf32",
+                "conv": torch.backends.cudnn.conv.fp32_precision == "tf32"}
+
+
+@contextlib.contextmanager
+def fp32_exact():
+    """fp32 means fp32 inside this block: TF32 off for matmuls and cuDNN convolutions, restored after.
+
+    A reference, a parity check or an fp32 benchmark row on a GPU must not silently run at TF32.
+    Only the legacy flags are set (conv and RNN together), so readers of either API agree."""
+    old = tf32_state()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old["matmul"]
+        torch.backends.cudnn.allow_tf32 = old["conv"]
 
 
 def cache_dir() -> Path:
@@ -138,6 +190,9 @@ def machine() -> dict[str, Any]:
         info["cpu_flags_override"] = os.environ[CPU_FLAGS_ENV]
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
+        info["gpus"] = torch.cuda.device_count()
         info["cuda"] = torch.version.cuda
         info["compute_capability"] = ".".join(map(str, torch.cuda.get_device_capability()))
+        info["tf32"] = tf32_state()
+        info["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark)
     return info

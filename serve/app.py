@@ -67,8 +67,6 @@ def create_app(cfg: ServeConfig, backend=None):
     from fastapi.security import APIKeyHeader
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from projgan.serve.backends import load_backend
-
     if max(cfg.max_images, cfg.max_interpolation_steps) > cfg.queue_size:
         raise UserError(
             f"--queue-size {cfg.queue_size} is smaller than one request may be "
@@ -82,7 +80,7 @@ def create_app(cfg: ServeConfig, backend=None):
     async def lifespan(app):
         b = backend
         if b is None:
-            b = await asyncio.to_thread(load_backend, cfg.source, cfg.backend, cfg.device, cfg.precision, cfg.force)
+            b = await asyncio.to_thread(open_backend, cfg)
         await server.start(b)
         warm = asyncio.create_task(server.warm_up())  # requests queue behind warm-up meanwhile
         try:
@@ -322,11 +320,17 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def open_backend(cfg: ServeConfig):
+    """The backend ``cfg`` asks for, its torch variants captured up to the batcher's largest batch."""
+    from projgan.serve.backends import load_backend
+
+    return load_backend(cfg.source, cfg.backend, cfg.device, cfg.precision, cfg.force, torch_mode=cfg.torch_mode,
+                        max_batch=cfg.max_batch)
+
+
 def run(cfg: ServeConfig) -> None:
     """``pipeline serve``: load the backend (errors are one clear line), then serve until Ctrl-C."""
     import uvicorn
-
-    from projgan.serve.backends import load_backend
 
     if not log.handlers:
         handler = logging.StreamHandler()
@@ -337,7 +341,7 @@ def run(cfg: ServeConfig) -> None:
     # time the loop holds it, the batch waits up to the switch interval (5 ms by default). Shorten it.
     sys.setswitchinterval(float(os.environ.get("PROJGAN_SWITCH_INTERVAL_MS", "0.5")) / 1000)
     sock = _bind(cfg.host, cfg.port)
-    backend = load_backend(cfg.source, cfg.backend, cfg.device, cfg.precision, cfg.force)
+    backend = open_backend(cfg)
     try:
         app = create_app(cfg, backend)
         d = backend.describe()

@@ -11,10 +11,8 @@ Serving and parity run this same code, so a certificate speaks for what is serve
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,15 +23,13 @@ import torch
 from projgan import artifacts
 from projgan.config import RESOLUTIONS, GeneratorConfig
 from projgan.errors import UserError
-from projgan.generator import classes_for_seeds, input_names, model_inputs, run_torch, sample_latents, to_uint8
-from projgan.hardware import cpu_has_fast_bf16, resolve_device
-from projgan.stylegan2 import WMapping, WSynthesis
+from projgan.generator import classes_for_seeds, input_names, model_inputs, sample_latents, to_uint8
+from projgan.hardware import cpu_has_fast_bf16, is_cuda, resolve_device  # noqa: F401 - parity asks here
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 SELF_CHECK_SEEDS = 4  # seeds a reduced-precision torch backend must pass at load
 SELF_CHECK_PSI = (1.0, 0.7)  # style models: the self-check alternates these truncations
 W_PARITY_KEY = "onnxruntime-w"  # the certificate's entry for the w-space graphs
-_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 log = logging.getLogger("projgan.serve")
 
 
@@ -68,6 +64,7 @@ class Backend:
     max_batch: int = 1024  # largest batch the backend accepts (TensorRT: the profile's max)
     cfg: GeneratorConfig | None = None  # what the inputs are (classes, truncation); None: z only
     supports_w: bool = False  # can map z -> w and synthesise from w
+    buckets: tuple[int, ...] | None = None  # the batch sizes it runs (serve/buckets.py); None: any size
 
     def __post_init__(self):
         if self.cfg is None:
@@ -165,110 +162,6 @@ def _numpy(out) -> np.ndarray:
     return np.asarray(out, dtype=np.float32)
 
 
-class TorchBackend(Backend):
-    """Eager PyTorch in eval + inference mode; channels_last; reduced precision where it is fast.
-
-    With ``precision="auto"`` a reduced precision (bf16 on a CPU with AMX/AVX512-BF16, fp16 on a GPU)
-    must first pass a self-check on a few seeds against fp32 with the export certificate's metrics
-    and thresholds (``projgan.similarity``); if it fails, or the export's certificate says it
-    failed (``parity``), the backend falls back to fp32 and says why in ``info["precision_check"]``.
-    """
-
-    self_check_thresholds = None  # None: projgan.similarity's defaults (the certificate's)
-
-    def __init__(
-        self,
-        G: torch.nn.Module,
-        config: dict[str, Any],
-        device: str,
-        precision: str,
-        parity: dict[str, Any] | None = None,
-    ):
-        cfg = G.cfg
-        auto = precision == "auto"
-        if auto:
-            if device == "cuda":
-                precision = "fp16"
-            else:
-                precision = "bf16" if cpu_has_fast_bf16() else "fp32"
-        if precision not in _DTYPES:
-            raise UserError(f"unknown precision {precision!r}", "choose auto, fp32, bf16 or fp16")
-        style = hasattr(G, "mapping") and hasattr(G, "synthesis")
-        super().__init__("torch", device, precision, cfg.resolution, cfg.z_dim, cfg=cfg, supports_w=style)
-        self.G = G.to(device).eval().requires_grad_(False).to(memory_format=torch.channels_last)
-        self._mapping, self._synthesis = (WMapping(self.G), WSynthesis(self.G)) if style else (None, None)
-        self.dtype = _DTYPES[precision]
-        self.info = {"meta": config.get("meta", {})}
-        self._lock = threading.Lock()  # BatchNorm modules are not re-entrant across threads
-        if auto and self.dtype is not None:
-            self._check_reduced_precision(parity)
-
-    def self_check_inputs(self) -> dict[str, Any]:
-        """The load-time check's seeds, with their default classes and both truncations of a style model."""
-        seeds = range(SELF_CHECK_SEEDS)
-        psi = [SELF_CHECK_PSI[i % len(SELF_CHECK_PSI)] for i in seeds] if self.truncation else None
-        return {"z": sample_latents(seeds, self.z_dim), "classes": self.default_classes(seeds), "psi": psi}
-
-    def _check_reduced_precision(self, parity: dict[str, Any] | None) -> None:
-        from projgan import similarity as metrics
-
-        if parity is not None and not parity.get("passed", False):
-            ok, why = False, f"the export's certificate failed it: {parity.get('reason', '')}"
-        else:
-            x = self.self_check_inputs()
-            out = self.generate_float(**x)
-            dtype, self.dtype = self.dtype, None
-            ref = self.generate_float(**x)
-            self.dtype = dtype
-            m = metrics.compare(ref, out)
-            ok, why = metrics.judge(m, reduced=True, t=self.self_check_thresholds)
-            why += f" on {SELF_CHECK_SEEDS} seeds (reference std {m['ref_std']})"
-        self.info["precision_check"] = {"precision": self.precision, "passed": ok, "reason": why}
-        if not ok:
-            log.warning("torch %s failed its parity self-check (%s); serving fp32", self.precision, why)
-            self.precision, self.dtype = "fp32", None
-
-    def _autocast(self):
-        return contextlib.nullcontext() if self.dtype is None else torch.autocast(self.device, dtype=self.dtype)
-
-    def _call(self, fn, inputs: dict[str, np.ndarray]) -> torch.Tensor:
-        """``fn(tensors)`` under the lock and inference mode (``fn`` applies ``_autocast``); float32 out."""
-        with self._lock, torch.inference_mode():
-            n = len(next(iter(inputs.values())))
-            # oneDNN takes a different fp32 conv path for a batch of one (pixels differ by 1/255
-            # from the same seed in a larger batch); padding to two keeps a seed's bytes the same
-            # in every batch composition.
-            if self.device == "cpu" and self.dtype is None and n == 1:
-                inputs = {k: np.concatenate([v, v]) for k, v in inputs.items()}
-            t = {k: torch.from_numpy(v).to(self.device, non_blocking=True) for k, v in inputs.items()}
-            return fn(t).float()[:n]
-
-    def _w(self, t: dict[str, torch.Tensor]) -> torch.Tensor:
-        """A style model's w in fp32 whatever the precision: the mapping is a few small matmuls, and
-        truncation mixes it with the fp32 ``w_avg``."""
-        return run_torch(self._mapping, t)
-
-    def _image(self, w: torch.Tensor) -> torch.Tensor:
-        with self._autocast():
-            return self._synthesis(w)
-
-    def _run(self, inputs: dict[str, np.ndarray]) -> torch.Tensor:
-        if self.supports_w:
-            return self._call(lambda t: self._image(self._w(t)), inputs)
-
-        def full(t):
-            with self._autocast():
-                return run_torch(self.G, t)
-
-        return self._call(full, inputs)
-
-    def _map_w(self, inputs: dict[str, np.ndarray]) -> torch.Tensor:
-        return self._call(self._w, inputs)
-
-    def _synthesize(self, w: np.ndarray) -> torch.Tensor:
-        return self._call(lambda t: self._image(t["w"]), {"w": w})
-
-
 # ---------------------------------------------------------------- choosing and loading
 
 
@@ -290,28 +183,33 @@ def load_backend(
     device: str = "auto",
     precision: str = "auto",
     force: bool = False,
+    torch_mode: str = "auto",
+    max_batch: int = 64,
 ) -> Backend:
     """Open SOURCE (export dir, run dir, generator dir, .onnx or .plan file) with a backend.
 
     ``auto`` picks the fastest backend that exists here and passed parity: TensorRT, then
     ONNX Runtime CUDA, then torch CUDA; on a CPU, ONNX Runtime fp32 (measured fastest at batch 1
     on our CPU machines, benchmarks/cpu_generator256.json), then torch (bf16 where the CPU has
-    AMX/AVX512-BF16 and the bf16 self-check passes).
+    AMX/AVX512-BF16 and the bf16 self-check passes). ``torch_mode`` and ``max_batch``: the torch
+    backend's eager / graphs / compile choice and the largest batch it captures (``serve/torch_backend.py``).
     """
     device = resolve_device(device)
+    cuda = is_cuda(device)
+    TorchBackend = _torch().TorchBackend  # imported when first used
     src = Path(source)
     if not src.exists():
         raise UserError(f"{src} does not exist", "pass an export directory, a run directory or a generator/ folder")
     if src.is_file() and src.suffix == ".onnx":
         if backend not in ("auto", "onnxruntime"):
             raise UserError(f"{src} is an ONNX file: use --backend onnxruntime")
-        return _onnxruntime().OnnxRuntimeBackend(src, device, "fp16" if ".fp16" in src.name else "fp32")
+        return _onnxruntime().OnnxRuntimeBackend(src, device, "fp16" if ".fp16" in src.name else "fp32",
+                                                 max_batch=max_batch)
     if src.is_file() and src.suffix in (".plan", ".engine"):
         if backend not in ("auto", "tensorrt"):
             raise UserError(f"{src} is a TensorRT engine: use --backend tensorrt")
-        beside = src.parent / artifacts.MANIFEST  # its export's config says what the extra inputs are
-        cfg = _manifest_config(artifacts.read_manifest(src.parent, verify=False)) if beside.exists() else None
-        return _tensorrt().TensorRTBackend(src, cfg=cfg)
+        # its export's config (tensorrt.config_beside) says what the extra inputs are
+        return _tensorrt().TensorRTBackend(src, device=device if cuda else "cuda")
 
     manifest = None
     if (src / artifacts.MANIFEST).exists():
@@ -320,7 +218,7 @@ def load_backend(
         if backend not in ("auto", "torch"):
             raise UserError(f"{src} has no export; --backend {backend} needs one", f"run: pipeline export {src}")
         G, config = artifacts.load_generator(src)
-        return TorchBackend(G, config, device, precision)
+        return TorchBackend(G, config, device, precision, mode=torch_mode, max_batch=max_batch)
 
     def usable(key: str) -> bool:
         ok = _parity_ok(manifest, key)
@@ -338,7 +236,7 @@ def load_backend(
         w_graphs = (src / artifacts.W_FILES["mapping"], src / artifacts.W_FILES["synthesis"])
     candidates: list[str] = [backend] if backend != "auto" else []
     if backend == "auto":
-        if device == "cuda":
+        if cuda:
             candidates = ["tensorrt", "onnxruntime", "torch"]
         else:
             candidates = ["onnxruntime", "torch"]
@@ -352,19 +250,20 @@ def load_backend(
                 reasons.append("tensorrt: engine failed parity (use --force to serve it anyway)")
                 continue
             try:
-                return _tensorrt().TensorRTBackend(plan, info("tensorrt"), cfg)
+                return _tensorrt().TensorRTBackend(plan, info("tensorrt"), cfg, device=device)
             except UserError as e:
                 if backend != "auto":
                     raise
                 reasons.append(f"tensorrt: {e}")
         elif name == "onnxruntime":
             # fp16 only pays off on a GPU; on a CPU it was measured no faster than fp32.
-            order = [("onnxruntime-fp16", onnx16), ("onnxruntime-fp32", onnx32)] if device == "cuda" else []
+            order = [("onnxruntime-fp16", onnx16), ("onnxruntime-fp32", onnx32)] if cuda else []
             order.append(("onnxruntime-fp32", onnx32))
             for key, path in order:
                 if path.name in files and usable(key):
                     try:
-                        return _onnxruntime().OnnxRuntimeBackend(path, device, key.split("-")[1], info(key), w_graphs)
+                        return _onnxruntime().OnnxRuntimeBackend(path, device, key.split("-")[1], info(key), w_graphs,
+                                                                 max_batch=max_batch)
                     except UserError as e:
                         if backend != "auto":
                             raise
@@ -382,7 +281,8 @@ def load_backend(
                 continue
             G, config = artifacts.load_generator(gen_dir)
             certified = manifest.get("parity", {}).get("torch-bf16") if device == "cpu" else None
-            b = TorchBackend(G, config, device, precision, parity=None if force else certified)
+            b = TorchBackend(G, config, device, precision, parity=None if force else certified, mode=torch_mode,
+                             max_batch=max_batch)
             b.info["parity"] = manifest.get("parity", {}).get(f"torch-{b.precision}")
             return b
         else:
@@ -392,6 +292,13 @@ def load_backend(
 
 def describe_json(b: Backend) -> str:
     return json.dumps(b.describe(), default=str)
+
+
+def _torch():
+    """serve/torch_backend.py, imported when first used (it subclasses Backend from this module)."""
+    from projgan.serve import torch_backend
+
+    return torch_backend
 
 
 def _onnxruntime():
@@ -408,9 +315,11 @@ def _tensorrt():
     return tensorrt
 
 
-def __getattr__(name: str):  # the ONNX Runtime and TensorRT backends live in their own modules; reachable here
+def __getattr__(name: str):  # the torch, ONNX Runtime and TensorRT backends live in their own modules; reachable here
     if name in ("OnnxRuntimeBackend", "graph_config"):
         return getattr(_onnxruntime(), name)
+    if name == "TorchBackend":
+        return _torch().TorchBackend
     if name == "TensorRTBackend":
         return _tensorrt().TensorRTBackend
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,6 +12,10 @@ never depends on who else was in the batch. A request may also name another func
 backend (``fn``, e.g. a style model's ``map_w`` or ``synthesize_w``); only requests with the same
 function and the same column names share a batch.
 
+With ``buckets`` (a GPU backend's batch sizes, ``serve/buckets.py``) a batch is padded to the smallest
+bucket that holds it, the last row repeated, and the padding dropped from the result: the backend only ever
+sees sizes it captured once (CUDA graphs) or tuned for, and a seed's image is the same in every bucket.
+
 The wait for more requests is adaptive: it only pays when requests arrive closer together than
 ``max_delay_ms``; a lone request on an idle server runs at once, so single-image latency stays
 at the backend's batch-1 latency.
@@ -32,6 +36,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from projgan.serve.buckets import bucket_for, pad_rows
 
 log = logging.getLogger("projgan.serve")
 
@@ -58,6 +64,8 @@ class Stats:
     def queue_depth(self, images: int) -> None: ...
 
     def rejected(self) -> None: ...
+
+    def padded(self, rows: int) -> None: ...
 
 
 @dataclass(eq=False)
@@ -92,10 +100,14 @@ class Batcher:
         max_delay_ms: float = 5.0,
         queue_size: int = 256,
         stats: Stats | None = None,
+        buckets: tuple[int, ...] | None = None,
     ):
         if max_batch < 1 or queue_size < 1 or max_delay_ms < 0:
             raise ValueError("max_batch and queue_size must be >= 1, max_delay_ms >= 0")
+        if buckets is not None and max(buckets) < max_batch:
+            raise ValueError(f"the largest bucket {max(buckets)} is below max_batch {max_batch}")
         self.generate = generate
+        self.buckets = tuple(sorted(buckets)) if buckets else None
         self.max_batch, self.queue_size = max_batch, queue_size
         self.max_delay = max_delay_ms / 1000.0
         self.stats = stats or Stats()
@@ -274,10 +286,15 @@ class Batcher:
         t0 = time.perf_counter()
         self._inflight = [req for req, _, _ in batch]
         try:
-            call = functools.partial(head.fn, z, **columns)
+            rows = {"z": z, **columns}
+            if self.buckets:
+                rows = pad_rows(rows, bucket_for(len(z), self.buckets))
+                self.stats.padded(len(rows["z"]) - len(z))
+            call = functools.partial(head.fn, rows.pop("z"), **rows)
             images = await self._loop.run_in_executor(self._executor, call)
-            if len(images) != len(z):
-                raise RuntimeError(f"backend returned {len(images)} images for {len(z)} latents")
+            if len(images) != len(call.args[0]):
+                raise RuntimeError(f"backend returned {len(images)} images for {len(call.args[0])} latents")
+            images = images[: len(z)]
         except Exception as e:  # fail exactly the requests in this batch
             log.exception("batch of %d failed", len(z))
             for req, _, _ in batch:

@@ -269,6 +269,11 @@ class ModelCard(BaseModel):
     parity: dict[str, Any] | None = Field(
         None, description="export parity result of this backend, if served from an export"
     )
+    mode: str | None = Field(None, description="torch backend: eager, graphs (CUDA graphs) or compile")
+    buckets: list[int] = Field(default_factory=list, description="the batch sizes the backend runs (padded up to)")
+    checks: dict[str, Any] = Field(
+        default_factory=dict, description="load-time self-checks of a reduced precision or a graphs/compile variant"
+    )
     source: str
     max_batch: int
     max_delay_ms: float

@@ -52,6 +52,7 @@ class Server:
             max_delay_ms=self.cfg.max_delay_ms,
             queue_size=self.cfg.queue_size,
             stats=self.metrics,
+            buckets=backend.buckets,
         )
         await self.batcher.start()
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="projgan-encode")
@@ -138,6 +139,9 @@ class Server:
             "kimg": meta.get("kimg"),
             "fid": meta.get("fid"),
             "parity": d.get("parity"),
+            "mode": d.get("mode"),
+            "buckets": list(d.get("buckets") or []),
+            "checks": {k: d[k] for k in ("precision_check", "mode_check") if k in d},
             "source": os.path.basename(os.path.normpath(self.cfg.source)),  # no server paths in a public card
             "max_batch": self.batcher.max_batch,
             "max_delay_ms": self.cfg.max_delay_ms,

@@ -48,6 +48,9 @@ class Metrics(Stats):
         self.rejections = Counter(
             "projgan_queue_rejections", "Requests rejected because the queue was full", registry=r
         )
+        self.padding = Counter(
+            "projgan_batch_padding_rows", "Rows repeated to fill a batch-size bucket (computed, then dropped)", registry=r
+        )
         self.ready = Gauge("projgan_ready", "1 once the model is loaded and warmed up", registry=r)
         self.model = Info("projgan_model", "The model being served", registry=r)
 
@@ -65,6 +68,9 @@ class Metrics(Stats):
 
     def rejected(self) -> None:
         self.rejections.inc()
+
+    def padded(self, rows: int) -> None:
+        self.padding.inc(rows)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

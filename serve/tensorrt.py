@@ -19,6 +19,7 @@ import numpy as np
 from projgan.config import GeneratorConfig
 from projgan.errors import UserError
 from projgan.serve.backends import Backend, check_inputs, plain_config
+from projgan.serve.buckets import pad_rows
 
 MIN_MAJOR = 10
 
@@ -91,20 +92,22 @@ def split_batches(feeds: dict[str, np.ndarray], max_batch: int) -> list[dict[str
 
 
 def pad_batch(feeds: dict[str, np.ndarray], min_batch: int) -> dict[str, np.ndarray]:
-    """A profile with min > 1: repeat the last row of every input up to ``min_batch`` (dropped after the run).
+    """A profile with min > 1: repeat the last row of every input up to ``min_batch`` (dropped after the run),
+    as ``serve/buckets.py`` pads every bucket (a repeated real row keeps a class index in range)."""
+    return pad_rows(feeds, max(min_batch, len(feeds["z"])))
 
-    Repeating a real row keeps a padded class index in range (zeros would do for z but not for class).
-    """
-    pad = max(0, min_batch - len(feeds["z"]))
-    if not pad:
-        return feeds
-    return {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in feeds.items()}
+
+def set_shape(context, name: str, shape: tuple[int, ...]) -> None:
+    """``set_input_shape`` returns False (it does not raise) for a shape outside the profile: refuse it here,
+    or the engine runs on the previous shape's bindings."""
+    if not context.set_input_shape(name, shape):
+        raise RuntimeError(f"TensorRT refused input {name!r} of shape {list(shape)} (outside the engine's profile)")
 
 
 class EngineRunner:
     """One deserialized plan with one execution context; ``run`` holds a lock, so calls are serialised."""
 
-    def __init__(self, plan_path: str | Path):
+    def __init__(self, plan_path: str | Path, device: str = "cuda"):
         ok, why = available()
         if not ok:
             raise UserError(f"cannot run {plan_path}: {why}", "serve with --backend onnxruntime or torch instead")
@@ -114,6 +117,7 @@ class EngineRunner:
 
         trt = import_tensorrt()
         self._trt, self._torch = trt, torch
+        self.device = torch.device(device)
         self._lock = threading.Lock()
         self.runtime = trt.Runtime(make_logger(trt))
         self.engine = self.runtime.deserialize_cuda_engine(Path(plan_path).read_bytes())
@@ -135,8 +139,9 @@ class EngineRunner:
         self.resolution = int(self.engine.get_tensor_shape(self.output_name)[-1])
         self._dtypes = {n: self._torch_dtype(self.engine.get_tensor_dtype(n)) for n in self.input_names}
         self._out_dtype = self._torch_dtype(self.engine.get_tensor_dtype(self.output_name))
-        self.context = self.engine.create_execution_context()
-        self.stream = torch.cuda.Stream()
+        with torch.cuda.device(self.device):
+            self.context = self.engine.create_execution_context()
+            self.stream = torch.cuda.Stream()
 
     def _torch_dtype(self, dt):
         trt, torch = self._trt, self._torch
@@ -159,13 +164,13 @@ class EngineRunner:
         torch = self._torch
         b = len(feeds["z"])
         feeds = pad_batch(feeds, self.min_batch)
-        with self._lock, torch.cuda.stream(self.stream):
+        with self._lock, torch.cuda.device(self.device), torch.cuda.stream(self.stream):
             # named I/O (TensorRT 10): a shape and an address per input; the tensors live until the sync
-            held = {n: torch.from_numpy(v).to("cuda").to(self._dtypes[n]).contiguous() for n, v in feeds.items()}
+            held = {n: torch.from_numpy(v).to(self.device).to(self._dtypes[n]).contiguous() for n, v in feeds.items()}
             for n, t in held.items():
-                self.context.set_input_shape(n, tuple(t.shape))
+                set_shape(self.context, n, tuple(t.shape))
             out_shape = tuple(self.context.get_tensor_shape(self.output_name))
-            out = torch.empty(out_shape, dtype=self._out_dtype, device="cuda")
+            out = torch.empty(out_shape, dtype=self._out_dtype, device=self.device)
             for n, t in held.items():
                 self.context.set_tensor_address(n, t.data_ptr())
             self.context.set_tensor_address(self.output_name, out.data_ptr())
@@ -175,14 +180,34 @@ class EngineRunner:
             return out[:b].float().cpu().numpy()
 
 
+def config_beside(plan_path: str | Path) -> GeneratorConfig | None:
+    """The generator config of the export a plan sits in: its manifest, else (during ``pipeline export``, before
+    the manifest is written) its ``generator/`` artifact; None for a plan on its own.
+
+    An engine cannot say what its ``class`` input means; without this a conditional or style engine opened by
+    path would fail as "could not open" and never be certified or served."""
+    from projgan import artifacts
+
+    d = Path(plan_path).parent
+    if (d / artifacts.MANIFEST).exists():
+        gen = artifacts.read_manifest(d, verify=False).get("generator")
+        return GeneratorConfig.from_dict(gen) if gen else None
+    if (d / artifacts.GENERATOR_DIR / artifacts.CONFIG_JSON).exists():
+        return GeneratorConfig.from_dict(artifacts.read_generator_config(d / artifacts.GENERATOR_DIR)["generator"])
+    return None
+
+
 class TensorRTBackend(Backend):
     """A serialized TensorRT plan, run by ``projgan.serve.tensorrt`` (built by ``projgan.export.tensorrt_build``).
 
-    ``cfg``: the export's generator config (from its manifest); a plan with more inputs than ``z`` needs it.
+    ``cfg``: the export's generator config [default: ``config_beside(plan_path)``]; a plan with more inputs
+    than ``z`` needs it.
     """
 
-    def __init__(self, plan_path: Path, info: dict[str, Any] | None = None, cfg: GeneratorConfig | None = None):
-        self.runner = EngineRunner(plan_path)
+    def __init__(self, plan_path: Path, info: dict[str, Any] | None = None, cfg: GeneratorConfig | None = None,
+                 device: str = "cuda"):
+        self.runner = EngineRunner(plan_path, device)
+        cfg = cfg or config_beside(plan_path)
         if cfg is None:
             if self.runner.input_names != ("z",):
                 raise UserError(
@@ -193,7 +218,7 @@ class TensorRTBackend(Backend):
         check_inputs(cfg, self.runner.input_names)
         super().__init__(
             "tensorrt",
-            "cuda",
+            str(self.runner.device),
             "fp16",
             self.runner.resolution,
             self.runner.z_dim,

@@ -254,6 +254,25 @@ class OnnxParser:
         return self._errors[index]
 
 
+class IExecutionContext:
+    """Runtime side, only ``set_input_shape``: True inside the profile's [min, max] per dimension, else False
+    (TensorRT logs an error and returns False; it does not raise)."""
+
+    __slots__ = ("profile", "shapes")
+
+    def __init__(self, profile: dict[str, tuple]):
+        self.profile, self.shapes = profile, {}
+
+    def set_input_shape(self, name: str, shape) -> bool:
+        _need(name, str, "name")
+        lo, _, hi = self.profile[name]
+        shape = tuple(shape)
+        ok = len(shape) == len(lo) and all(a <= v <= b for a, v, b in zip(lo, shape, hi, strict=True))
+        if ok:
+            self.shapes[name] = shape
+        return ok
+
+
 def make(version: str = "10.9.0", strongly_typed: bool = True, device: str = "GPU-A", lose_cache: bool = False):
     """A fresh ``tensorrt`` module; ``device`` stands for the GPU + version a timing cache records.
 

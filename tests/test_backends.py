@@ -158,3 +158,112 @@ def test_export_with_tensorrt_certifies_the_engine(tmp_path):
     m = artifacts.read_manifest(out)
     assert m["tensorrt"]["built"] and m["parity"]["tensorrt"]["passed"]
     assert backends.load_backend(out, device="cuda").name == "tensorrt"
+
+
+# ---------------------------------------------------------------- what a first GPU run would hit
+
+
+def test_onnxruntime_providers_follow_the_device_and_refuse_a_missing_cuda_provider():
+    from projgan.serve import onnxruntime as ort_backend
+
+    both = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert ort_backend.providers_for("cpu", "fp32", both) == ["CPUExecutionProvider"]
+    (name, opts), cpu = ort_backend.providers_for("cuda:1", "fp32", both)
+    assert (name, cpu) == ("CUDAExecutionProvider", "CPUExecutionProvider")
+    assert opts == {"device_id": "1", "use_tf32": "0"}  # the GPU asked for, and fp32 that is fp32
+    assert ort_backend.providers_for("cuda", "fp16", both)[0] == ("CUDAExecutionProvider", {"device_id": "0"})
+    with pytest.raises(UserError, match="no CUDA provider"):
+        ort_backend.providers_for("cuda", "fp32", ["CPUExecutionProvider"])
+
+
+def test_a_session_that_fell_back_to_the_cpu_is_refused_for_cuda(export_dir):
+    """What ONNX Runtime does when its CUDA provider cannot load: a session on CPUExecutionProvider alone."""
+    from projgan.serve import onnxruntime as ort_backend
+
+    path = export_dir / artifacts.ONNX_FP32
+    got = ort_backend._ort_session(path, "cpu", "fp32").get_providers()
+    assert got == ["CPUExecutionProvider"]
+    ort_backend.check_providers("cpu", got, path)
+    with pytest.raises(UserError, match="could not use CUDA"):
+        ort_backend.check_providers("cuda:0", got, path)
+    ort_backend.check_providers("cuda:0", ["CUDAExecutionProvider", "CPUExecutionProvider"], path)
+
+
+def test_iobinding_by_pointer_gives_what_session_run_gives(export_dir):
+    """The device-resident path binds torch tensors by address; on the CPU the same code must match run()."""
+    import torch
+
+    from projgan.serve import onnxruntime as ort_backend
+
+    b = backends.OnnxRuntimeBackend(export_dir / artifacts.ONNX_FP32, "cpu", "fp32")
+    z = sample_latents(range(5), 256)
+    ref = b.session.run(None, {"z": z})[0]
+    strided = torch.from_numpy(np.asfortranarray(z))  # not contiguous: must be bound through a contiguous copy
+    assert not strided.is_contiguous()
+    out = ort_backend.bind_and_run(b.session, {"z": strided}, "cpu")
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float32 and tuple(out.shape) == ref.shape
+    np.testing.assert_array_equal(out.numpy(), ref)
+    np.testing.assert_array_equal(b.generate(z), backends.to_uint8(ref))
+
+
+def test_parity_rule_per_device():
+    assert not similarity.image_rule("fp32", "cpu")  # the float rule: max abs <= 1e-4
+    assert similarity.image_rule("fp32", "cuda:0")  # cuDNN against the CPU reference: images
+    assert not similarity.image_rule("fp32", "cuda", reference_device="cuda:0")  # same kind of device
+    assert similarity.image_rule("bf16", "cpu") and similarity.image_rule("fp16", "cuda")
+
+
+def test_parity_candidates_carry_the_rule_and_the_engines_config(tmp_path):
+    from projgan.config import GeneratorConfig
+    from projgan.export import parity
+
+    gen = GeneratorConfig(resolution=32, ngf=16, num_classes=3)
+    keys = {c.key: c for c in parity.candidates(tmp_path, "cuda", True, True, gen)}
+    assert keys["onnxruntime-fp32"].reduced and keys["onnxruntime-fp32"].device == "cuda"
+    assert not {c.key: c for c in parity.candidates(tmp_path, "cpu", False, False, gen)}["onnxruntime-fp32"].reduced
+    assert keys["tensorrt"].reduced
+
+
+def test_an_engine_inside_an_export_finds_its_models_config(tmp_path):
+    """Parity opens the plan before export.json exists; serving opens it after: both find the classes."""
+    import shutil
+
+    from projgan.config import GeneratorConfig
+
+    src = make_generator(tmp_path / "exp" / artifacts.GENERATOR_DIR, resolution=32, ngf=8, num_classes=3)
+    plan = src.parent / artifacts.TRT_PLAN
+    cfg = trt_runtime.config_beside(plan)  # mid-export: generator/ only
+    assert cfg == GeneratorConfig(resolution=32, ngf=8, num_classes=3)
+    manifest = {"files": {}, "generator": {"resolution": 32, "ngf": 8, "num_classes": 2, "class_names": ["a", "b"]}}
+    (src.parent / artifacts.MANIFEST).write_text(json.dumps(manifest))
+    assert trt_runtime.config_beside(plan).class_names == ("a", "b")  # the manifest wins once written
+    shutil.rmtree(src)
+    (src.parent / artifacts.MANIFEST).unlink()
+    assert trt_runtime.config_beside(plan) is None
+
+
+def test_a_shape_outside_the_engine_profile_is_refused_not_run_on_stale_bindings():
+    from tests.fake_tensorrt import IExecutionContext
+
+    ctx = IExecutionContext({"z": ((1, 256), (8, 256), (64, 256))})
+    trt_runtime.set_shape(ctx, "z", (8, 256))
+    assert ctx.shapes["z"] == (8, 256)
+    with pytest.raises(RuntimeError, match="outside the engine's profile"):
+        trt_runtime.set_shape(ctx, "z", (65, 256))
+
+
+@pytest.mark.slow  # two torch.compile builds on the CPU, about a minute each
+def test_a_compiled_torch_backend_serves_only_after_its_self_check(generator_dir, monkeypatch):
+    z = sample_latents(range(5), 256)
+    eager = backends.TorchBackend(*artifacts.load_generator(generator_dir), "cpu", "fp32")
+    b = backends.TorchBackend(*artifacts.load_generator(generator_dir), "cpu", "fp32", mode="compile", max_batch=8)
+    assert b.mode == "compile" and b.info["mode_check"]["passed"], b.info
+    assert b.describe()["mode"] == "compile"
+    assert np.abs(b.generate(z).astype(int) - eager.generate(z)).max() <= 1
+    np.testing.assert_array_equal(b.generate(z[:1]), b.generate(z)[:1])  # alone or in a batch: the same bytes
+    # demand bit-identity with eager: inductor's fused kernels round differently, so the variant is refused
+    monkeypatch.setattr(backends.TorchBackend, "self_check_thresholds", similarity.Thresholds(fp32_max_abs=0.0))
+    refused = backends.TorchBackend(*artifacts.load_generator(generator_dir), "cpu", "fp32", mode="compile")
+    assert refused.mode == "eager" and not refused.info["mode_check"]["passed"]
+    assert "max abs" in refused.info["mode_check"]["reason"]
+    np.testing.assert_array_equal(refused.generate(z), eager.generate(z))  # served eager, exactly

@@ -55,7 +55,7 @@ def test_piped_help_prints_defaults_whole():
         (["train", "--data", "x", "--lr-schedule", "linear"], "lr-schedule"),
         (["data", "make", "squiggles", "/tmp/never-written"], "unknown law"),
         (["evaluate", ".", "--data", ".", "--metrics", "law"], "law.json"),
-        (["bench", ".", "--precisions", "bf16"], "--train only"),
+        (["bench", ".", "--channels-last", "on"], "--train only"),
         (["bench"], "nothing to benchmark"),
         (["bench", "--train", "--channels-last", "maybe"], "--channels-last"),
         (["bench", "--train", "--precisions", "fp8"], "--precisions"),

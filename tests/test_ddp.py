@@ -87,3 +87,54 @@ def test_rank0_only_fid_longer_than_the_step_timeout_does_not_break_the_group(tm
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = [x for x in artifacts.read_jsonl(tmp_path / "run" / artifacts.METRICS) if x["kind"] == "metric"]
     assert [x["kimg"] for x in rows] == [0.004, 0.008] and rows[0]["seconds"] >= 6
+
+
+STOP_AT_TICK_SCRIPT = '''
+import os, signal, sys
+from projgan.config import GeneratorConfig, TrainConfig
+from projgan.train import dist, step
+from projgan.train.loop import train
+
+rank = int(os.environ["RANK"])
+calls, steps = [], []
+agree, one_step = dist.any_rank, step.train_step
+
+
+def counted(flag, rt):
+    calls.append(flag)
+    return agree(flag, rt)
+
+
+def stepped(*args, **kw):
+    out = one_step(*args, **kw)
+    steps.append(out)
+    if rank == 1 and len(steps) == 3:  # SIGTERM reaches rank 1 alone, mid-tick
+        os.kill(os.getpid(), signal.SIGTERM)
+    return out
+
+
+dist.any_rank, step.train_step = counted, stepped
+cfg = TrainConfig(data=sys.argv[1], out=sys.argv[2], generator=GeneratorConfig(resolution=32, ngf=16), batch=4,
+                  kimg=0.024, discriminator="dcgan", d_width=16, tick_kimg=0.008, snapshot_ticks=100, metrics=(),
+                  sample_seeds=4, device="cpu")
+train(cfg)
+print(f"rank {rank} agreed {len(calls)} times in {len(steps)} steps", flush=True)
+'''
+
+
+def test_ranks_agree_on_stopping_at_a_tick_with_one_collective_per_tick(tmp_path):
+    """SIGTERM reaches rank 1 alone after its third step; both ranks stop together at the second tick (step
+    four), having agreed once per tick (two collectives) instead of syncing the host every step."""
+    data = make_law_dataset(tmp_path / "data", "disk", n=16, resolution=32)
+    script = tmp_path / "stop_at_tick.py"
+    script.write_text(STOP_AT_TICK_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PROJGAN_DIST_TIMEOUT_S": "60"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           str(data), str(tmp_path / "run")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for rank in (0, 1):
+        assert f"rank {rank} agreed 2 times in 4 steps" in r.stdout, r.stdout[-2000:]
+    state = torch.load(tmp_path / "run" / artifacts.TRAINING_STATE, weights_only=True)
+    assert state["counters"]["cur_nimg"] == 16  # the tick after the signal, on both ranks
+    assert "stop on another rank" in r.stdout

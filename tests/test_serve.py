@@ -89,7 +89,10 @@ def test_health_readiness_and_model_card(api):
         assert card["precision"] == ref.precision and card["max_batch"] == 16
         assert card["limits"]["max_images"] == 64 and card["limits"]["seed_range"] == [0, 2**32 - 1]
         if kind == "onnxruntime":
-            assert card["providers"] == ["CPUExecutionProvider"]
+            assert card["providers"] == ["CPUExecutionProvider"] and card["mode"] is None
+        else:  # a CPU runs eager torch; the self-check of auto bf16 (where it ran) is on the card
+            assert card["mode"] == "eager" and card["buckets"] == []
+            assert card["checks"].get("precision_check", {}).get("precision", ref.precision) in ("bf16", "fp32")
         schema = c.get("/openapi.json").json()
         for path in ("/v1/generate", "/v1/images/{seed}.png", "/v1/interpolate", "/v1/model", "/healthz", "/readyz"):
             assert path in schema["paths"], path
@@ -372,7 +375,9 @@ def test_cuda_backend_serves_batch_independent_images(generator_32):
 
     with background_server(create_app(cfg)) as url:
         alone, mixed, card = asyncio.run(main(url))
-    assert card["device"] == "cuda" and card["precision"] == "fp16"
+    from projgan.hardware import auto_precision
+
+    assert card["device"] == "cuda" and card["precision"] == auto_precision("cuda")  # bf16 on Ampere and later
     ref = npy(alone)[0]
     diffs = [int(np.abs(npy(r)[1].astype(int) - ref).max()) for r in mixed]
     assert max(diffs) == 0, diffs

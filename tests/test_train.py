@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from projgan import artifacts
+from projgan import artifacts, hardware
 from projgan.config import GeneratorConfig
 from projgan.errors import UserError
 from projgan.generator import sample_latents
@@ -103,7 +103,7 @@ def test_ema_beta_and_update():
 
 def test_precision_resolution():
     cpu = torch.device("cpu")
-    assert dist.resolve_precision("auto", cpu) == ("bf16" if dist.cpu_has_fast_bf16() else "fp32")
+    assert dist.resolve_precision("auto", cpu) == ("bf16" if hardware.cpu_has_fast_bf16() else "fp32")
     assert dist.resolve_precision("fp32", cpu) == "fp32"
     with pytest.raises(UserError):
         dist.resolve_precision("fp16", cpu)

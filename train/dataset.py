@@ -269,7 +269,9 @@ class ImageDataset:
         self.images = t.to(device)
         self.xflip = xflip
         self.target = device
-        self.labels = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+        # Labels and class weights live beside the images: a batch's indices are drawn where the images are,
+        # so a GPU step neither copies indices up nor waits for the host.
+        self.labels = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.int64).to(device)
         self.weights = None
         if self.labels is not None and balanced:
             counts = torch.bincount(self.labels).double()
@@ -278,21 +280,26 @@ class ImageDataset:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def _draw_device(self, generator: torch.Generator | None) -> torch.device:
+        """Random numbers come from where the images are (or from the caller's generator's device)."""
+        return self.images.device if generator is None else generator.device
+
     def _indices(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
+        dev = self._draw_device(generator)
         if self.weights is not None:
-            return torch.multinomial(self.weights, n, replacement=True, generator=generator)
-        return torch.randint(len(self), (n,), generator=generator)
+            return torch.multinomial(self.weights.to(dev), n, replacement=True, generator=generator)
+        return torch.randint(len(self), (n,), device=dev, generator=generator)
 
     def sample_labeled(self, n: int, device: torch.device | str, generator: torch.Generator | None = None):
         """``n`` random images as float ``[n, 3, H, W]`` in [-1, 1] on ``device`` (x-flipped at random), and
         their class indices ``[n]`` (None for unlabeled data)."""
-        idx = self._indices(n, generator)
-        x = self.images[idx.to(self.images.device)].to(device, non_blocking=True)
+        idx = self._indices(n, generator).to(self.images.device)
+        x = self.images[idx].to(device, non_blocking=True)
         x = x.float().div_(127.5).sub_(1.0)
         if self.xflip:
-            flip = torch.rand(n, generator=generator).to(device) < 0.5
+            flip = torch.rand(n, device=self._draw_device(generator), generator=generator).to(device) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
-        return x, (None if self.labels is None else self.labels[idx].to(device))
+        return x, (None if self.labels is None else self.labels[idx].to(device, non_blocking=True))
 
     def sample(self, n: int, device: torch.device | str, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.sample_labeled(n, device, generator)[0]

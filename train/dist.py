@@ -17,7 +17,7 @@ import torch
 from torch import distributed as dist
 
 from projgan.errors import UserError
-from projgan.hardware import cpu_has_fast_bf16, resolve_device
+from projgan.hardware import auto_precision, resolve_device, tf32_state
 
 # Collectives in the training step time out after this (a hung peer should not hang the job forever);
 # PROJGAN_DIST_TIMEOUT_S overrides it. Rank-0-only work (FID, snapshots) is waited for on a separate
@@ -33,6 +33,7 @@ class Runtime:
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     wait_group: Any = None  # gloo group with a long timeout, for wait_for_main
+    cuda_settings: dict | None = None  # cuDNN autotuning and TF32 state the run trained with (tune_cuda)
 
     @property
     def main(self) -> bool:
@@ -40,11 +41,9 @@ class Runtime:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """auto -> bf16 where it is fast (CUDA with bf16, AMX CPUs), else fp32."""
+    """auto -> ``hardware.auto_precision``, the rule serving uses too (bf16 where native, fp16 on older GPUs)."""
     if precision == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if cpu_has_fast_bf16() else "fp32"
+        return auto_precision(device)
     if precision == "fp16" and device.type == "cpu":
         raise UserError("--precision fp16 is for CUDA", "use bf16 (fast on AMX CPUs) or fp32 on the CPU")
     return precision
@@ -52,6 +51,24 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
+def tune_cuda(device: torch.device) -> dict | None:
+    """cuDNN autotuning on for training on a GPU (every step has the same shapes: the search pays once).
+
+    Returns what the run records beside its numbers: autotuning and the TF32 state (None on a CPU)."""
+    if device.type != "cuda":
+        return None
+    torch.backends.cudnn.benchmark = True
+    return {"cudnn_benchmark": True, "tf32": tf32_state()}
+
+
+def process_group_options(dev: torch.device, timeout: timedelta) -> dict[str, Any]:
+    """``init_process_group`` arguments: NCCL on GPUs, bound to this process's GPU at init (``device_id``)
+    rather than guessed at the first collective; gloo on CPUs."""
+    if dev.type != "cuda":
+        return {"backend": "gloo", "timeout": timeout}
+    return {"backend": "nccl", "timeout": timeout, "device_id": dev}
 
 
 def init(device: str = "auto") -> Runtime:
@@ -66,9 +83,10 @@ def init(device: str = "auto") -> Runtime:
             if dev.type == "cuda":
                 torch.cuda.set_device(dev)
             timeout = timedelta(seconds=float(os.environ.get("PROJGAN_DIST_TIMEOUT_S", STEP_TIMEOUT_S)))
-            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timeout)
+            dist.init_process_group(**process_group_options(dev, timeout))
         wait_group = dist.new_group(backend="gloo", timeout=MAIN_WAIT)
-    return Runtime(rank=rank, world=world, local_rank=local_rank, device=dev, wait_group=wait_group)
+    return Runtime(rank=rank, world=world, local_rank=local_rank, device=dev, wait_group=wait_group,
+                   cuda_settings=tune_cuda(dev))
 
 
 def shutdown(rt: Runtime) -> None:
@@ -107,7 +125,8 @@ def all_reduce_grads(params: list[torch.nn.Parameter], rt: Runtime) -> None:
 
 
 def any_rank(flag: bool, rt: Runtime) -> bool:
-    """True on every rank when it is true on any (stop requests must be agreed on)."""
+    """True on every rank when it is true on any (stop requests must be agreed on). Several ranks: a
+    collective and a host sync, so the loop asks at ticks only; one process: free."""
     if rt.world == 1:
         return flag
     t = torch.tensor([1.0 if flag else 0.0], device=rt.device if rt.device.type == "cuda" else "cpu")

@@ -57,7 +57,8 @@ class _Run:
     def __init__(self, cfg: TrainConfig, rt: dist.Runtime, feature_extractor):
         self.cfg, self.rt, self.extractor = cfg, rt, feature_extractor
         self.out = Path(cfg.out)
-        self.stop_reason = ""
+        self.stop_reason = ""  # agreed by every rank
+        self.signal_name = ""  # SIGINT/SIGTERM received by this process
         # best_score: FID when it is measured, else 1 - law valid fraction (lower is better either way)
         self.cur_nimg, self.cur_tick, self.wall0, self.best_score = 0, 0, 0.0, math.inf
         self.tracker = None
@@ -192,7 +193,7 @@ class _Run:
             "kind": "header", "kimg": round(self.cur_nimg / 1000, 3), "resumed": resumed,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "discriminator": self.cfg.discriminator,
             "backbone": self.backbone_info, "optimizer": self.cfg.optimizer, "lr_schedule": self.cfg.lr_schedule,
-            "law": self.law, "world": self.rt.world,
+            "law": self.law, "world": self.rt.world, "device": str(self.rt.device), "cuda": self.rt.cuda_settings,
         })
         if self.cfg.metrics:
             self._plot_fid()
@@ -318,11 +319,11 @@ class _Run:
     # ------------------------------------------------------------ loop
 
     def _on_signal(self, signum, frame):
-        if self.stop_reason:
+        if self.signal_name:
             raise KeyboardInterrupt  # a second Ctrl-C aborts at once
-        self.stop_reason = signal.Signals(signum).name
+        self.signal_name = signal.Signals(signum).name  # this process's; the ranks agree on stopping at a tick
         if self.rt.main:
-            console.print(f"[yellow]{self.stop_reason}: finishing this step and writing a snapshot...[/]")
+            console.print(f"[yellow]{self.signal_name}: finishing this tick and writing a snapshot...[/]")
 
     def run(self) -> Path:
         if not self.setup():
@@ -363,9 +364,12 @@ class _Run:
                 bar.update(task, completed=(time.time() - self.t_start) / 60 if timed else self.cur_nimg / 1000)
                 done = self.cur_nimg >= total
                 timeout = cfg.max_minutes > 0 and time.time() - self.t_start > cfg.max_minutes * 60
-                if dist.any_rank(bool(self.stop_reason) or timeout, self.rt) and not self.stop_reason:
-                    self.stop_reason = "time limit" if timeout else "stop on another rank"
-                if not (done or self.stop_reason or self.cur_nimg >= tick_start_nimg + tick_nimg):
+                tick_due = done or self.cur_nimg >= tick_start_nimg + tick_nimg
+                if self.rt.world == 1 or tick_due:  # a collective syncs the host: several ranks agree at ticks
+                    local = self.signal_name or ("time limit" if timeout else "")
+                    if dist.any_rank(bool(local), self.rt) and not self.stop_reason:
+                        self.stop_reason = local or "stop on another rank"
+                if not (tick_due or self.stop_reason):
                     continue
                 # ---- tick: one metrics row
                 self.cur_tick += 1

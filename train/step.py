@@ -22,7 +22,7 @@ from projgan.train.discriminator import ProjectedDiscriminator
 from projgan.train.ema import ema_beta, update_ema
 from projgan.train.features import FeatureNetwork
 from projgan.train.losses import d_hinge_loss, g_loss
-from projgan.train.optim import apply_schedule, build_optimizer
+from projgan.train.optim import apply_schedule, build_optimizer, load_optimizer_state
 from projgan.train.pixel_discriminators import DCGANDiscriminator, FastGANDiscriminator
 
 STATE_FORMAT = "projgan.training-state"
@@ -286,8 +286,8 @@ def load_state_dict(t: Trainer, state: dict) -> None:
         t.G.load_state_dict(state["G"])
         t.G_ema.load_state_dict(state["G_ema"])
         t.D.load_state_dict(state["D"])
-        t.opt_G.load_state_dict(state["opt_G"])
-        t.opt_D.load_state_dict(state["opt_D"])
+        load_optimizer_state(t.opt_G, state["opt_G"])
+        load_optimizer_state(t.opt_D, state["opt_D"])
     except (RuntimeError, ValueError, KeyError) as e:
         from projgan.errors import UserError
 

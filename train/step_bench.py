@@ -33,7 +33,7 @@ def _sync(device: torch.device) -> None:
 def bench_training(cfg: TrainConfig, steps: int = 10, warmup: int = 3) -> dict:
     """Time ``steps`` training steps (after ``warmup``) of ``cfg``; returns seconds per kimg and context."""
     device = torch.device(hardware.resolve_device(cfg.device, local_rank=0))
-    rt = dist.Runtime(device=device)
+    rt = dist.Runtime(device=device, cuda_settings=dist.tune_cuda(device))  # as the loop's dist.init sets it
     weights = None if cfg.backbone_weights in ("none", "pretrained") else cfg.backbone_weights
     torch.manual_seed(cfg.seed)
     t = step.build(cfg, rt, weights)
@@ -77,7 +77,10 @@ def bench_training(cfg: TrainConfig, steps: int = 10, warmup: int = 3) -> dict:
         "num_discs": cfg.num_discs,
         "device": str(device),
         "losses_finite": all(v == v and abs(v) != float("inf") for v in losses.values()),
+        "fused_adam": any(g.get("fused") for g in t.opt_G.param_groups),
     }
+    if rt.cuda_settings:
+        out.update(rt.cuda_settings)  # cudnn_benchmark and the TF32 state these numbers were taken with
     if device.type == "cuda":
         out["peak_mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     return out
